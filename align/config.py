@@ -80,6 +80,7 @@ class SampleConfig(Strict):
     batch_prompts: int = Field(8, gt=0)  # prompts per generate call (x k sequences)
     shard_size: int = Field(32, gt=0)  # prompts per shard: the unit a killed run resumes from
     seed: int = 0
+    dtype: Dtype | None = None  # generation precision; None: model.dtype (bfloat16 is ~1.7x faster on CPU)
     backend: Literal["hf"] = "hf"
 
 
@@ -177,6 +178,7 @@ class EvaluateConfig(Strict):
     temperature: float = Field(0.0, ge=0)  # 0 = greedy
     batch_size: int = Field(16, gt=0)
     limit: int | None = Field(None, gt=0)
+    dtype: Dtype | None = None  # generation precision; None: model.dtype
     reward: RewardConfig | None = None  # default: annotate.reward
 
 

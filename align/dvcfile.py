@@ -21,7 +21,7 @@ def render_dvc_yaml(cfg: PipelineConfig, pipeline_path: str) -> str:
     stages = {}
     for p in plans:
         sd = STAGES[p.name]
-        deps = [o.path for u in sd.upstream if u in outs_of for o in outs_of[u] if o.kind == "out"]
+        deps = [o.path for u in sd.upstream if u in outs_of for o in outs_of[u] if o.kind == "out" and o.dep]
         deps += [*p.data_deps, "align"]
         params = [s for s in sd.sections if s != "train.lengths"]
         if "train.lengths" in sd.sections:

@@ -28,7 +28,8 @@ def reward_columns(records: list[dict], repeat: int = 1) -> dict[str, list]:
 
 def answer(model_path: Path, records: list[dict], cfg: PipelineConfig, label: str) -> list[str]:
     ec = cfg.evaluate
-    model, tokenizer = load_model(model_path, cfg.model.dtype), load_tokenizer(model_path)
+    model = load_model(model_path, ec.dtype or cfg.model.dtype)
+    tokenizer = load_tokenizer(model_path)
     texts: list[str] = []
     for i, batch in enumerate(tqdm(chunks(records, ec.batch_size), desc=f"evaluate {label}", unit="batch")):
         out, _ = generate(model, tokenizer, [r["prompt"] for r in batch], k=1,

@@ -20,8 +20,9 @@ The reward temperature ``alpha``
     differ by thousands, so its released reward-setting runs train on labels that are one-hot
     except for exact ties (which its +0.01 tie-break on the first response then resolves; see
     ``tie_break_first``). A comment in that code calls the knob the reciprocal of the paper's
-    alpha; its arithmetic does not. To reproduce those runs set ``alpha: 1.0e-4`` and
-    ``tie_break_first: true``; our default alpha of 1.0 gives soft labels on 1-10 scores.
+    alpha, but the code divides by it just as the paper's formula does. To reproduce those runs
+    set ``alpha: 1.0e-4`` and ``tie_break_first: true``; our default alpha of 1.0 gives soft
+    labels on 1-10 scores.
 
 Precision: bfloat16/float16 inputs are computed in float32 (the tensors are ``[B, K]``, so this
 costs nothing) and the losses come back in float32; float64 stays float64.
@@ -332,8 +333,6 @@ LOSSES: dict[str, LossSpec] = {
     "nca_pair": LossSpec("nca_pair", nca_pair_loss, "pair", {"beta": 0.01}),
 }
 
-# Parameters handled by kwise_loss itself rather than passed to the loss function.
-_ENTRY_POINT_PARAMS = frozenset({"length_norm"})
 _POSITIVE_PARAMS = ("alpha", "beta", "tau")
 
 
@@ -401,8 +400,9 @@ def kwise_loss(
     for key in _POSITIVE_PARAMS:
         if key in settings and not settings[key] > 0:
             raise ValueError(f"loss {name!r}: {key} must be > 0, got {settings[key]}")
+    # length_norm is applied here, before the pairing; every other setting goes to the loss.
     length_norm = bool(settings.pop("length_norm", False))
-    fn_params = {k: v for k, v in settings.items() if k not in _ENTRY_POINT_PARAMS}
+    fn_params = settings
 
     mask = torch.ones_like(policy_logps, dtype=torch.bool) if mask is None else mask.bool()
     if spec.kind == "kwise":

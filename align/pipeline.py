@@ -50,6 +50,7 @@ class Out:
     kind: str = "out"  # out | metrics | plots
     cache: bool = True
     persist: bool = False
+    dep: bool = True  # whether downstream stages depend on it (checkpoints and logs: no)
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ def _folder_outs(folder: str) -> list[Out]:
 def _train_outs(folder: str) -> list[Out]:
     return [
         Out(f"{folder}/model", cache=False),
-        Out(f"{folder}/checkpoints", cache=False, persist=True),
-        Out(f"{folder}/log.jsonl", persist=True),
+        Out(f"{folder}/checkpoints", cache=False, persist=True, dep=False),
+        Out(f"{folder}/log.jsonl", persist=True, dep=False),
         Out(f"{folder}/{MANIFEST}"),
         Out(f"{folder}/metrics.json", kind="metrics", cache=False),
         Out(f"{folder}/curves.csv", kind="plots", cache=False),

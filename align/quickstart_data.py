@@ -53,15 +53,36 @@ def problems(split: str) -> list[dict]:
     return [_problem(rng, i, split) for i in range(n)]
 
 
+def ultrafeedback_like(n: int = 6) -> list[dict]:
+    """A few records in the column layout of the NCA reward data (prompt, A0..A3 as chat lists,
+    A{i}_score), for `--smoke` runs of the flagship recipe. A0 is the top-scored response."""
+    rng = random.Random(2)
+    rows = []
+    for i in range(n):
+        p = _problem(rng, i, "uf")
+        question, answer = p["prompt"][0]["content"], p["answer"]
+        replies = [(f"The answer is {answer}.", 9.0), (f"{answer}", 8.5),
+                   (f"I think it is {answer + 1}.", 3.0), ("I am not sure.", 1.5)]
+        row: dict = {"prompt": question, "prompt_id": f"uf-{i:04d}"}
+        for k, (text, score) in enumerate(replies):
+            row[f"A{k}"] = [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
+            row[f"A{k}_score"] = score
+        rows.append(row)
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return path
+
+
 def write_quickstart_data(root: Path) -> list[Path]:
-    """Write `root/quickstart/{train,heldout}.jsonl` (deterministic bytes) and return the paths."""
-    paths = []
-    for split in SPLITS:
-        path = root / "quickstart" / f"{split}.jsonl"
-        text = "".join(json.dumps(p, sort_keys=True) + "\n" for p in problems(split))
-        if not path.exists() or path.read_text() != text:
-            atomic_write_text(path, text)
-        paths.append(path)
+    """Write everything under `root` that data.dvc records (deterministic bytes): the
+    quickstart splits and the UltraFeedback-layout smoke file. Returns the paths."""
+    paths = [_write_jsonl(root / "quickstart" / f"{split}.jsonl", problems(split)) for split in SPLITS]
+    paths.append(_write_jsonl(root / "smoke" / "ultrafeedback_reward.jsonl", ultrafeedback_like()))
     return paths
 
 
@@ -71,3 +92,12 @@ def corpus_lines() -> Iterator[str]:
         for name in NAMES:
             yield template.format(n=name, item=" ".join(ITEMS), a=123, b=4567) + " " + INSTRUCTION
     yield "0 1 2 3 4 5 6 7 8 9 10 The answer is user assistant system"
+
+
+def main() -> None:
+    for path in write_quickstart_data(Path("data")):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

