@@ -23,6 +23,21 @@ from align.errors import AlignError
 Dtype = Literal["float32", "bfloat16"]
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 numbers: PyYAML's 1.1 rules read `1e-3` as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d+)?$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 class Strict(BaseModel):
     """Unknown keys are errors (a typo must never be silently ignored)."""
 
@@ -80,7 +95,9 @@ class SampleConfig(Strict):
     batch_prompts: int = Field(8, gt=0)  # prompts per generate call (x k sequences)
     shard_size: int = Field(32, gt=0)  # prompts per shard: the unit a killed run resumes from
     seed: int = 0
-    dtype: Dtype | None = None  # generation precision; None: model.dtype (bfloat16 is ~1.7x faster on CPU)
+    dtype: Dtype | None = (
+        None  # generation precision; None: model.dtype (bfloat16 is ~1.7x faster on CPU)
+    )
     backend: Literal["hf"] = "hf"
 
 
@@ -116,12 +133,9 @@ class LossConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> LossConfig:
-        from align.losses import get_loss
+        from align.losses import check_params, get_loss
 
-        try:
-            spec = get_loss(self.name)
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
+        spec = get_loss(self.name)
         extra = dict(self.model_extra or {})
         for key, value in extra.items():
             if key not in spec.params:
@@ -138,6 +152,7 @@ class LossConfig(BaseModel):
                 isinstance(value, bool) or not isinstance(value, int | float)
             ):
                 raise ValueError(f"{key}: must be a number, got {value!r}")
+        check_params(self.name, extra)
         return self
 
     def params(self) -> dict[str, Any]:
@@ -256,7 +271,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
         raise AlignError(f"--set {text!r}: expected key.path=value, e.g. train.loss.beta=0.1")
-    return key, yaml.safe_load(value) if value else None
+    return key, parse_yaml(value) if value else None
 
 
 def set_path(data: dict, key: str, value: Any) -> None:
@@ -286,7 +301,9 @@ def _apply_smoke(raw: dict) -> None:
         if _get_path(raw, present) is not None:
             for key, value in overrides.items():
                 set_path(raw, key, value)
-    for key, value in (raw.get("smoke") or {}).get("set", {}).items():
+    smoke = raw.get("smoke")
+    extra = smoke.get("set") if isinstance(smoke, dict) else None
+    for key, value in (extra if isinstance(extra, dict) else {}).items():
         set_path(raw, key, value)
     raw["name"] = f"{raw.get('name', 'pipeline')}-smoke"
 
@@ -315,7 +332,7 @@ def _format_error(err: dict) -> str:
         hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         return (
             f"{where}: unknown key"
-            + (f" (did you mean {'.'.join(map(str, loc[:-1] + (hint[0],)))!r}?)" if hint else "")
+            + (f" (did you mean {'.'.join(map(str, (*loc[:-1], hint[0])))!r}?)" if hint else "")
             + (f"; valid keys here: {', '.join(valid)}" if valid else "")
         )
     msg = err["msg"].removeprefix("Value error, ")
@@ -339,7 +356,7 @@ def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise AlignError(f"{path}: no such pipeline file (pipelines live in pipelines/<name>.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -32,8 +32,14 @@ def _load_rows(ds: DatasetConfig) -> list[dict]:
             loader = LOCAL_LOADERS.get(path.suffix)
             if loader is None:
                 raise AlignError(
-                    f"data path {ds.path!r}: unsupported suffix; use one of {', '.join(LOCAL_LOADERS)}"
+                    f"data path {ds.path!r}: unsupported suffix; "
+                    f"use one of {', '.join(LOCAL_LOADERS)}"
                 )
+            size = path.stat().st_size
+            if size == 0 or (
+                loader == "json" and size < 64 and path.read_text().strip() in ("", "[]")
+            ):
+                return []  # load_records names the section and file
             table = datasets.load_dataset(loader, data_files=str(path), split="train")
         else:
             table = datasets.load_dataset(ds.hf_dataset, split=ds.split)
@@ -53,8 +59,10 @@ def as_messages(prompt: Any, where: str) -> list[dict]:
         if not prompt.strip():
             raise AlignError(f"{where}: empty prompt")
         return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list) and prompt and all(
-        isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt)
     ):
         return [{"role": m["role"], "content": m["content"]} for m in prompt]
     raise AlignError(f"{where}: prompt must be a string or a list of {{role, content}} messages")
@@ -63,7 +71,9 @@ def as_messages(prompt: Any, where: str) -> list[dict]:
 def _response_text(value: Any, where: str) -> str:
     """A response as text: a string, or the last assistant message of a chat list."""
     if isinstance(value, list):
-        replies = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "assistant"]
+        replies = [
+            m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "assistant"
+        ]
         value = replies[-1] if replies else None
     if not isinstance(value, str) or not value.strip():
         raise AlignError(f"{where}: empty or missing response; drop the record or fill it in")
@@ -78,16 +88,20 @@ def _reward(value: Any, where: str) -> float:
     return float(value)
 
 
-def _ultrafeedback_columns(row: dict) -> list[int]:
+def _ultrafeedback_columns(row: dict, where: str) -> list[int]:
     idx = sorted(int(m.group(1)) for k in row if (m := re.fullmatch(r"A(\d+)", k)))
     if not idx or idx != list(range(len(idx))):
-        raise AlignError("ultrafeedback format needs columns A0..A{K-1} with A{i}_score")
+        raise AlignError(
+            f"{where}: ultrafeedback format needs columns A0..A{{K-1}} with A{{i}}_score"
+        )
     return idx
 
 
 def _normalise(row: dict, i: int, ds: DatasetConfig, where: str) -> dict:
-    col = {name: ds.fields.get(name, name) for name in ("id", "prompt", "answer", "responses",
-                                                          "rewards", "chosen", "rejected")}
+    col = {
+        name: ds.fields.get(name, name)
+        for name in ("id", "prompt", "answer", "responses", "rewards", "chosen", "rejected")
+    }
     if col["prompt"] not in row:
         raise AlignError(f"{where}: no column {col['prompt']!r}; map it with data.*.fields.prompt")
     rid = str(row[col["id"]]) if row.get(col["id"]) is not None else f"{i:06d}"
@@ -103,7 +117,7 @@ def _normalise(row: dict, i: int, ds: DatasetConfig, where: str) -> dict:
         if not isinstance(responses, list) or not isinstance(rewards, list):
             raise AlignError(f"{where}: kwise records need list columns responses and rewards")
     elif ds.format == "ultrafeedback":
-        idx = _ultrafeedback_columns(row)
+        idx = _ultrafeedback_columns(row, where)
         responses = [row[f"A{k}"] for k in idx]
         rewards = [row.get(f"A{k}_score") for k in idx]
     else:  # pairs
@@ -117,7 +131,9 @@ def _normalise(row: dict, i: int, ds: DatasetConfig, where: str) -> dict:
     return rec
 
 
-def load_records(ds: DatasetConfig, system_prompt: str | None = None, what: str = "data") -> list[dict]:
+def load_records(
+    ds: DatasetConfig, system_prompt: str | None = None, what: str = "data"
+) -> list[dict]:
     """Normalised records of one dataset section; errors name the source and the record."""
     source = ds.path or ds.hf_dataset
     rows = _load_rows(ds)

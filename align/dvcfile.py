@@ -21,19 +21,32 @@ def render_dvc_yaml(cfg: PipelineConfig, pipeline_path: str) -> str:
     stages = {}
     for p in plans:
         sd = STAGES[p.name]
-        deps = [o.path for u in sd.upstream if u in outs_of for o in outs_of[u] if o.kind == "out" and o.dep]
+        deps = [
+            o.path
+            for u in sd.upstream
+            if u in outs_of
+            for o in outs_of[u]
+            if o.kind == "out" and o.dep
+        ]
         deps += [*p.data_deps, "align"]
         params = [s for s in sd.sections if s != "train.lengths"]
         if "train.lengths" in sd.sections:
             params += ["train.max_length", "train.max_prompt_length"]
-        stage: dict = {"cmd": f"align stage {pipeline_path} {p.name}", "deps": deps,
-                       "params": [{pipeline_path: params}]}
+        stage: dict = {
+            "cmd": f"align stage {pipeline_path} {p.name}",
+            "deps": deps,
+            "params": [{pipeline_path: params}],
+        }
         for kind in ("out", "metrics", "plots"):
             entries = []
             for o in p.outs:
                 if o.kind != kind:
                     continue
-                opts = {k: v for k, v in (("cache", o.cache), ("persist", o.persist)) if v != (k == "cache")}
+                opts = {
+                    k: v
+                    for k, v in (("cache", o.cache), ("persist", o.persist))
+                    if v != (k == "cache")
+                }
                 entries.append({o.path: opts} if opts else o.path)
             if entries:
                 stage["outs" if kind == "out" else kind] = entries

@@ -31,9 +31,18 @@ def answer(model_path: Path, records: list[dict], cfg: PipelineConfig, label: st
     model = load_model(model_path, ec.dtype or cfg.model.dtype)
     tokenizer = load_tokenizer(model_path)
     texts: list[str] = []
-    for i, batch in enumerate(tqdm(chunks(records, ec.batch_size), desc=f"evaluate {label}", unit="batch")):
-        out, _ = generate(model, tokenizer, [r["prompt"] for r in batch], k=1,
-                          max_new_tokens=ec.max_new_tokens, temperature=ec.temperature, seed=i)
+    for i, batch in enumerate(
+        tqdm(chunks(records, ec.batch_size), desc=f"evaluate {label}", unit="batch")
+    ):
+        out, _ = generate(
+            model,
+            tokenizer,
+            [r["prompt"] for r in batch],
+            k=1,
+            max_new_tokens=ec.max_new_tokens,
+            temperature=ec.temperature,
+            seed=i,
+        )
         texts.extend(t[0] for t in out)
     return texts
 
@@ -46,11 +55,17 @@ def evaluate(cfg: PipelineConfig, initial: Path, trained: Path, out: Path) -> di
     for label, path in (("initial", initial), ("trained", trained)):
         texts = answer(path, records, cfg, label)
         scores[label] = scorer(prompts, texts, columns)
-        rows = [{"id": r["id"], "prompt": r["prompt"], "response": t, "reward": s}
-                for r, t, s in zip(records, texts, scores[label], strict=True)]
-        atomic_write_text(out / f"answers-{label}.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
-    wins = [1.0 if t > i else 0.5 if t == i else 0.0
-            for i, t in zip(scores["initial"], scores["trained"], strict=True)]
+        rows = [
+            {"id": r["id"], "prompt": r["prompt"], "response": t, "reward": s}
+            for r, t, s in zip(records, texts, scores[label], strict=True)
+        ]
+        atomic_write_text(
+            out / f"answers-{label}.jsonl", "".join(json.dumps(x) + "\n" for x in rows)
+        )
+    wins = [
+        1.0 if t > i else 0.5 if t == i else 0.0
+        for i, t in zip(scores["initial"], scores["trained"], strict=True)
+    ]
     n = len(records)
     metrics = {
         "n_prompts": n,
@@ -72,5 +87,6 @@ def render_report(cfg: PipelineConfig, m: dict) -> str:
         f"{'greedy' if cfg.evaluate.temperature == 0 else f'T={cfg.evaluate.temperature}'}\n\n"
         "| policy | mean reward |\n|---|---|\n"
         f"| initial | {m['reward/initial']:.4f} |\n| trained | {m['reward/trained']:.4f} |\n\n"
-        f"Win rate of trained over initial (ties count ½): **{m['win_rate/trained_vs_initial']:.3f}**\n"
+        "Win rate of trained over initial (ties count ½): "
+        f"**{m['win_rate/trained_vs_initial']:.3f}**\n"
     )

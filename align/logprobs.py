@@ -37,13 +37,17 @@ def token_logps(logits: Tensor, input_ids: Tensor, response_mask: Tensor) -> Ten
     return logps * response_mask[:, 1:]
 
 
-def sequence_logps(logits: Tensor, input_ids: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor]:
+def sequence_logps(
+    logits: Tensor, input_ids: Tensor, response_mask: Tensor
+) -> tuple[Tensor, Tensor]:
     """(sum of response-token log-probs [N], response token count [N])."""
     per_token = token_logps(logits, input_ids, response_mask)
     return per_token.sum(-1), response_mask[:, 1:].sum(-1)
 
 
-def model_sequence_logps(model, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[Tensor, Tensor]:
+def model_sequence_logps(
+    model, pairs: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[Tensor, Tensor]:
     """Forward `model` on the packed pairs and return (summed log-probs [N], token counts [N])."""
     ids, attn, resp = pack_rows(pairs, pad_id)
     ids, attn, resp = ids.to(model.device), attn.to(model.device), resp.to(model.device)

@@ -349,6 +349,21 @@ def get_loss(name: str) -> LossSpec:
         raise ValueError(message) from None
 
 
+def check_params(name: str, params: dict[str, float | bool]) -> dict[str, float | bool]:
+    """The loss's settings: registry defaults overridden by ``params``; unknown names and
+    non-positive alpha/beta/tau raise ValueError naming the valid values."""
+    spec = get_loss(name)
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        valid = ", ".join(sorted(spec.params)) or "(none)"
+        raise ValueError(f"loss {name!r} has no parameter(s) {', '.join(unknown)}; valid: {valid}")
+    settings = {**spec.params, **params}
+    for key in _POSITIVE_PARAMS:
+        if key in settings and not settings[key] > 0:
+            raise ValueError(f"loss {name!r}: {key} must be > 0, got {settings[key]}")
+    return settings
+
+
 def best_worst_pairs(rewards: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Pairing rule for pair losses on K-wise data: best against worst valid response.
 
@@ -392,14 +407,7 @@ def kwise_loss(
       ``ipo`` convention; the scale of 1/(2 tau) depends on it.
     """
     spec = get_loss(name)
-    unknown = sorted(set(params) - set(spec.params))
-    if unknown:
-        valid = ", ".join(sorted(spec.params)) or "(none)"
-        raise ValueError(f"loss {name!r} has no parameter(s) {', '.join(unknown)}; valid: {valid}")
-    settings = {**spec.params, **params}
-    for key in _POSITIVE_PARAMS:
-        if key in settings and not settings[key] > 0:
-            raise ValueError(f"loss {name!r}: {key} must be > 0, got {settings[key]}")
+    settings = check_params(name, params)
     # length_norm is applied here, before the pairing; every other setting goes to the loss.
     length_norm = bool(settings.pop("length_norm", False))
     fn_params = settings

@@ -13,7 +13,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from align.errors import AlignError
 from align.io import atomic_dir, sha256_file, sha256_text
@@ -90,7 +95,11 @@ def prepare_model(source: str, out: Path) -> Path:
     at `out`, atomically (a folder without config.json and weights never appears)."""
     from align.tiny import save_tiny_model, save_tiny_reward_model
 
-    builders = {EMBEDDED: _save_embedded, TINY: save_tiny_model, TINY_REWARD: save_tiny_reward_model}
+    builders = {
+        EMBEDDED: _save_embedded,
+        TINY: save_tiny_model,
+        TINY_REWARD: save_tiny_reward_model,
+    }
     with atomic_dir(out) as tmp:
         builders.get(source, lambda folder: _local_or_hub(source, folder))(tmp)
     return out
@@ -150,7 +159,8 @@ def source_fingerprint(source: str) -> str:
     if path.is_dir():
         listing = sorted(
             f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-            for p in path.rglob("*") if p.is_file()
+            for p in path.rglob("*")
+            if p.is_file()
         )
         return "dir:" + sha256_text("\n".join(listing))
     return f"hub:{source}"

@@ -18,7 +18,14 @@ from typing import Any
 
 from align.config import DatasetConfig, PipelineConfig, section
 from align.errors import AlignError
-from align.io import atomic_write_json, atomic_write_text, canonical_json, read_json, sha256_file, sha256_text
+from align.io import (
+    atomic_write_json,
+    atomic_write_text,
+    canonical_json,
+    read_json,
+    sha256_file,
+    sha256_text,
+)
 
 MANIFEST = "manifest.json"
 MARKER = ".stage_hash"  # written when a stage starts: partial output of another config is wiped
@@ -28,9 +35,12 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 @cache
 def code_version() -> str:
     """Hash of the library's source: any change to align/ re-runs every stage."""
-    return sha256_text("".join(
-        f"{p.relative_to(PACKAGE_ROOT)}\n{p.read_text()}" for p in sorted(PACKAGE_ROOT.rglob("*.py"))
-    ))[:16]
+    return sha256_text(
+        "".join(
+            f"{p.relative_to(PACKAGE_ROOT)}\n{p.read_text()}"
+            for p in sorted(PACKAGE_ROOT.rglob("*.py"))
+        )
+    )[:16]
 
 
 def data_fingerprint(ds: DatasetConfig | None) -> str | None:
@@ -109,26 +119,51 @@ def _reward_input(cfg: PipelineConfig, which: str) -> dict[str, Any]:
 def _model_source(cfg: PipelineConfig) -> dict[str, Any]:
     from align.models import source_fingerprint
 
-    return {"policy": source_fingerprint(cfg.model.policy),
-            "reference": cfg.model.reference and source_fingerprint(cfg.model.reference)}
+    return {
+        "policy": source_fingerprint(cfg.model.policy),
+        "reference": cfg.model.reference and source_fingerprint(cfg.model.reference),
+    }
 
 
 STAGES: dict[str, StageDef] = {
     s.name: s
     for s in [
         StageDef("prepare-model", (), ("model",), _folder_outs, inputs=_model_source),
-        StageDef("sample", ("prepare-model",), ("sample", "data.train", "data.system_prompt"), _folder_outs,
-                 inputs=lambda cfg: {"data": data_fingerprint(cfg.data.train)},
-                 data_deps=lambda cfg: [cfg.data.train.path] if cfg.data.train.path else []),
-        StageDef("annotate", ("prepare-model", "sample"), ("annotate", "data.train", "data.system_prompt", "train.lengths"),
-                 _folder_outs,
-                 inputs=lambda cfg: {**_reward_input(cfg, "annotate"),
-                                     "data": None if cfg.sample else data_fingerprint(cfg.data.train)},
-                 data_deps=lambda cfg: [] if cfg.sample or not cfg.data.train.path else [cfg.data.train.path]),
+        StageDef(
+            "sample",
+            ("prepare-model",),
+            ("sample", "data.train", "data.system_prompt"),
+            _folder_outs,
+            inputs=lambda cfg: {"data": data_fingerprint(cfg.data.train)},
+            data_deps=lambda cfg: [cfg.data.train.path] if cfg.data.train.path else [],
+        ),
+        StageDef(
+            "annotate",
+            ("prepare-model", "sample"),
+            ("annotate", "data.train", "data.system_prompt", "train.lengths"),
+            _folder_outs,
+            inputs=lambda cfg: {
+                **_reward_input(cfg, "annotate"),
+                "data": None if cfg.sample else data_fingerprint(cfg.data.train),
+            },
+            data_deps=lambda cfg: (
+                [] if cfg.sample or not cfg.data.train.path else [cfg.data.train.path]
+            ),
+        ),
         StageDef("train", ("prepare-model", "annotate"), ("train", "model"), _train_outs),
-        StageDef("evaluate", ("prepare-model", "train"), ("evaluate", "data.eval", "data.system_prompt"), _evaluate_outs,
-                 inputs=lambda cfg: {**_reward_input(cfg, "evaluate"), "eval_data": data_fingerprint(cfg.data.eval)},
-                 data_deps=lambda cfg: [cfg.data.eval.path] if cfg.data.eval and cfg.data.eval.path else []),
+        StageDef(
+            "evaluate",
+            ("prepare-model", "train"),
+            ("evaluate", "data.eval", "data.system_prompt"),
+            _evaluate_outs,
+            inputs=lambda cfg: {
+                **_reward_input(cfg, "evaluate"),
+                "eval_data": data_fingerprint(cfg.data.eval),
+            },
+            data_deps=lambda cfg: (
+                [cfg.data.eval.path] if cfg.data.eval and cfg.data.eval.path else []
+            ),
+        ),
     ]
 }
 
@@ -145,7 +180,10 @@ def stage_folder(cfg: PipelineConfig, name: str) -> Path:
 
 def _section_value(cfg: PipelineConfig, key: str) -> Any:
     if key == "train.lengths":  # tokenisation of reference log-probs follows training's limits
-        return {"max_length": cfg.train.max_length, "max_prompt_length": cfg.train.max_prompt_length}
+        return {
+            "max_length": cfg.train.max_length,
+            "max_prompt_length": cfg.train.max_prompt_length,
+        }
     return section(cfg, key)
 
 
@@ -159,12 +197,24 @@ def plan(cfg: PipelineConfig) -> list[StagePlan]:
         inputs = {u: hashes[u] for u in sd.upstream if u in active}
         inputs.update({k: v for k, v in sd.inputs(cfg).items() if v is not None})
         config = {key: _section_value(cfg, key) for key in sd.sections}
-        stage_hash = sha256_text(canonical_json(
-            {"stage": name, "config": config, "inputs": inputs, "code": code_version()}))
+        stage_hash = sha256_text(
+            canonical_json(
+                {"stage": name, "config": config, "inputs": inputs, "code": code_version()}
+            )
+        )
         hashes[name] = stage_hash
         folder = stage_folder(cfg, name)
-        plans.append(StagePlan(name, stage_hash, inputs, folder, sd.outs(str(folder)),
-                               is_current(folder, stage_hash), sd.data_deps(cfg)))
+        plans.append(
+            StagePlan(
+                name,
+                stage_hash,
+                inputs,
+                folder,
+                sd.outs(str(folder)),
+                is_current(folder, stage_hash),
+                sd.data_deps(cfg),
+            )
+        )
     return plans
 
 
@@ -201,22 +251,28 @@ def run_stage(cfg: PipelineConfig, name: str, force: bool = False) -> tuple[dict
         return read_json(p.folder / MANIFEST), False
     stale = [u for u in STAGES[name].upstream if u in plans and not plans[u].cached]
     if stale:
-        raise AlignError(f"stage {name!r} needs {', '.join(stale)} to be current first; "
-                         f"run `align run` or `align stage` on {stale[0]!r}")
+        raise AlignError(
+            f"stage {name!r} needs {', '.join(stale)} to be current first; "
+            f"run `align run` or `align stage` on {stale[0]!r}"
+        )
     marker = p.folder / MARKER
     if p.folder.exists() and (not marker.is_file() or marker.read_text() != p.stage_hash):
         shutil.rmtree(p.folder)  # output of another configuration: never resume from it
     p.folder.mkdir(parents=True, exist_ok=True)
     (p.folder / MANIFEST).unlink(missing_ok=True)
     atomic_write_text(marker, p.stage_hash)
-    upstream = {u: read_json(plans[u].folder / MANIFEST) for u in STAGES[name].upstream if u in plans}
+    upstream = {
+        u: read_json(plans[u].folder / MANIFEST) for u in STAGES[name].upstream if u in plans
+    }
     started = time.time()
     summary, requires = RUNNERS[name](cfg, p.folder, upstream, p.stage_hash)
     manifest = {
         "stage": name,
         "pipeline": cfg.name,
         "stage_hash": p.stage_hash,
-        "config_hash": sha256_text(canonical_json({k: _section_value(cfg, k) for k in STAGES[name].sections})),
+        "config_hash": sha256_text(
+            canonical_json({k: _section_value(cfg, k) for k in STAGES[name].sections})
+        ),
         "inputs": p.inputs,
         "code_version": code_version(),
         "summary": summary,

@@ -61,11 +61,18 @@ def ultrafeedback_like(n: int = 6) -> list[dict]:
     for i in range(n):
         p = _problem(rng, i, "uf")
         question, answer = p["prompt"][0]["content"], p["answer"]
-        replies = [(f"The answer is {answer}.", 9.0), (f"{answer}", 8.5),
-                   (f"I think it is {answer + 1}.", 3.0), ("I am not sure.", 1.5)]
+        replies = [
+            (f"The answer is {answer}.", 9.0),
+            (f"{answer}", 8.5),
+            (f"I think it is {answer + 1}.", 3.0),
+            ("I am not sure.", 1.5),
+        ]
         row: dict = {"prompt": question, "prompt_id": f"uf-{i:04d}"}
         for k, (text, score) in enumerate(replies):
-            row[f"A{k}"] = [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
+            row[f"A{k}"] = [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": text},
+            ]
             row[f"A{k}_score"] = score
         rows.append(row)
     return rows
@@ -81,7 +88,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def write_quickstart_data(root: Path) -> list[Path]:
     """Write everything under `root` that data.dvc records (deterministic bytes): the
     quickstart splits and the UltraFeedback-layout smoke file. Returns the paths."""
-    paths = [_write_jsonl(root / "quickstart" / f"{split}.jsonl", problems(split)) for split in SPLITS]
+    paths = [
+        _write_jsonl(root / "quickstart" / f"{split}.jsonl", problems(split)) for split in SPLITS
+    ]
     paths.append(_write_jsonl(root / "smoke" / "ultrafeedback_reward.jsonl", ultrafeedback_like()))
     return paths
 

@@ -29,7 +29,9 @@ def generate(
 
     Returns (texts [P][k], finished [P][k]); finished is False when max_new_tokens cut it off."""
     texts = [prompt_text(tokenizer, p) for p in prompts]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+        model.device
+    )
     greedy = temperature == 0
     torch.manual_seed(seed)
     out = model.generate(

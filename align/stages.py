@@ -24,7 +24,9 @@ from align.sampling import generate
 from align.tokenize import encode_record
 
 
-def prepare_model_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
+def prepare_model_stage(
+    cfg: PipelineConfig, out: Path, upstream: dict, _: str
+) -> tuple[dict, list]:
     models = {"policy": cfg.model.policy, "reference": cfg.model.reference or cfg.model.policy}
     summary: dict = {}
     for role, source in models.items():
@@ -52,25 +54,42 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
         rows = []
         for bi, batch in enumerate(chunks(shard, sc.batch_prompts)):
             texts, finished = generate(
-                model, tokenizer, [r["prompt"] for r in batch], k=sc.k,
-                max_new_tokens=sc.max_new_tokens, temperature=sc.temperature, top_p=sc.top_p,
+                model,
+                tokenizer,
+                [r["prompt"] for r in batch],
+                k=sc.k,
+                max_new_tokens=sc.max_new_tokens,
+                temperature=sc.temperature,
+                top_p=sc.top_p,
                 seed=sc.seed * 1_000_003 + si * 10_007 + bi,
             )
             new_tokens += sum(len(tokenizer(t).input_ids) for ts in texts for t in ts)
-            rows.extend({**r, "responses": t, "finished": f} for r, t, f in zip(batch, texts, finished, strict=True))
+            rows.extend(
+                {**r, "responses": t, "finished": f}
+                for r, t, f in zip(batch, texts, finished, strict=True)
+            )
             bar.update(len(batch))
         write_shard(target, rows)
     bar.close()
     seconds = time.perf_counter() - started
-    return {"prompts": len(records), "k": sc.k, "shards": len(shards), "new_tokens": new_tokens,
-            "tokens_per_s": round(new_tokens / seconds, 1) if new_tokens else None}, []
+    return {
+        "prompts": len(records),
+        "k": sc.k,
+        "shards": len(shards),
+        "new_tokens": new_tokens,
+        "tokens_per_s": round(new_tokens / seconds, 1) if new_tokens else None,
+    }, []
 
 
 @torch.no_grad()
-def _ref_logps(model, tokenizer, records: list[dict], cfg: PipelineConfig) -> list[tuple[list[float], list[int]]]:
+def _ref_logps(
+    model, tokenizer, records: list[dict], cfg: PipelineConfig
+) -> list[tuple[list[float], list[int]]]:
     pairs, owners = [], []
     for i, rec in enumerate(records):
-        prompt, responses = encode_record(tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length)
+        prompt, responses = encode_record(
+            tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length
+        )
         pairs.extend((prompt, r) for r in responses)
         owners.extend([i] * len(responses))
     logps: list[float] = []
@@ -105,8 +124,11 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
             continue
         if scorer is not None:
             k = len(shard[0]["responses"])
-            flat = scorer([r["prompt"] for r in shard for _ in r["responses"]],
-                          [t for r in shard for t in r["responses"]], reward_columns(shard, k))
+            flat = scorer(
+                [r["prompt"] for r in shard for _ in r["responses"]],
+                [t for r in shard for t in r["responses"]],
+                reward_columns(shard, k),
+            )
             for j, rec in enumerate(shard):
                 rec["rewards"] = flat[j * k : (j + 1) * k]
         for rec, (lp, n) in zip(shard, _ref_logps(model, tokenizer, shard, cfg), strict=True):
@@ -115,11 +137,17 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
         bar.update(len(shard))
     bar.close()
     rewards = [x for r in read_shards(out) for x in r["rewards"]]
-    return {"records": len(records), "reward_mean": sum(rewards) / len(rewards),
-            "reward_min": min(rewards), "reward_max": max(rewards)}, []
+    return {
+        "records": len(records),
+        "reward_mean": sum(rewards) / len(rewards),
+        "reward_min": min(rewards),
+        "reward_max": max(rewards),
+    }, []
 
 
-def train_stage(cfg: PipelineConfig, out: Path, upstream: dict, stage_hash: str) -> tuple[dict, list]:
+def train_stage(
+    cfg: PipelineConfig, out: Path, upstream: dict, stage_hash: str
+) -> tuple[dict, list]:
     from align.trainer import Trainer
 
     set_threads()

@@ -13,7 +13,9 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_len: int) -> list[int]:
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_len: int
+) -> list[int]:
     ids = tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False).input_ids
     return ids[-max_len:]
 

@@ -31,8 +31,15 @@ from align.losses import get_loss, kwise_loss
 from align.models import load_model, load_tokenizer
 from align.tokenize import encode_record
 
-LOG_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected",
-            "rewards/margin", "rewards/accuracy")
+LOG_KEYS = (
+    "loss",
+    "logps/chosen",
+    "logps/rejected",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margin",
+    "rewards/accuracy",
+)
 
 
 @dataclass
@@ -43,7 +50,9 @@ class Example:
     ref_logps: list[float]
 
 
-def build_examples(records: list[dict], tokenizer: PreTrainedTokenizerBase, cfg: PipelineConfig) -> list[Example]:
+def build_examples(
+    records: list[dict], tokenizer: PreTrainedTokenizerBase, cfg: PipelineConfig
+) -> list[Example]:
     """Tokenise annotated records; checks K against the loss's minimum."""
     spec = get_loss(cfg.train.loss.name)
     examples = []
@@ -55,7 +64,9 @@ def build_examples(records: list[dict], tokenizer: PreTrainedTokenizerBase, cfg:
                 f"record {rec['id']}: {len(rec['responses'])} responses but loss "
                 f"{spec.name!r} needs K >= {spec.min_k}"
             )
-        prompt, responses = encode_record(tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length)
+        prompt, responses = encode_record(
+            tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length
+        )
         examples.append(Example(prompt, responses, rec["rewards"], rec["ref_logps"]))
     if not examples:
         raise AlignError("train: the annotated data holds no records")
@@ -72,8 +83,12 @@ def step_indices(step: int, n: int, per_step: int, seed: int) -> list[int]:
     return out
 
 
-def collate(examples: list[Example]) -> tuple[list[tuple[list[int], list[int]]], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flatten B prompts x K responses into rows; returns (pairs, rewards [B,K], ref [B,K], mask [B,K])."""
+def collate(
+    examples: list[Example],
+) -> tuple[list[tuple[list[int], list[int]]], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flatten B prompts x K responses into rows.
+
+    Returns (pairs, rewards [B, K], ref_logps [B, K], mask [B, K])."""
     k = max(len(e.responses) for e in examples)
     rewards = torch.zeros(len(examples), k, dtype=torch.float64)
     ref = torch.zeros(len(examples), k, dtype=torch.float64)
@@ -93,7 +108,9 @@ def _scatter(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, cfg: PipelineConfig, model_path: Path, records: list[dict], out: Path, stage_hash: str):
+    def __init__(
+        self, cfg: PipelineConfig, model_path: Path, records: list[dict], out: Path, stage_hash: str
+    ):
         self.cfg, self.tc, self.out, self.stage_hash = cfg, cfg.train, out, stage_hash
         self.acc = Accelerator(
             mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
@@ -106,18 +123,33 @@ class Trainer:
             from peft import LoraConfig, get_peft_model
 
             lc = cfg.model.lora
-            model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                     target_modules=lc.target_modules, task_type="CAUSAL_LM"))
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lc.r,
+                    lora_alpha=lc.alpha,
+                    lora_dropout=lc.dropout,
+                    target_modules=lc.target_modules,
+                    task_type="CAUSAL_LM",
+                ),
+            )
         if self.tc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         self.per_step = self.tc.batch_size * self.tc.grad_accum * self.acc.num_processes
-        self.total_steps = self.tc.max_steps or math.ceil(self.tc.epochs * len(self.examples) / self.per_step)
-        optimizer = torch.optim.AdamW(params, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay)
-        self.scheduler = get_scheduler(self.tc.lr_scheduler, optimizer,
-                                       num_warmup_steps=math.ceil(self.tc.warmup_ratio * self.total_steps),
-                                       num_training_steps=self.total_steps)
+        self.total_steps = self.tc.max_steps or math.ceil(
+            self.tc.epochs * len(self.examples) / self.per_step
+        )
+        optimizer = torch.optim.AdamW(
+            params, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay
+        )
+        self.scheduler = get_scheduler(
+            self.tc.lr_scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(self.tc.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.loss_params = cfg.train.loss.params()
         self.step = 0
@@ -131,11 +163,25 @@ class Trainer:
             return
         model = self.acc.unwrap_model(self.model)
         with atomic_dir(self._ckpt_dir(self.step)) as tmp:
-            save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
-                      tmp / "trainable.safetensors")
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-            atomic_write_json(tmp / "state.json", {"step": self.step, "stage_hash": self.stage_hash})
+            save_file(
+                {
+                    n: p.detach().contiguous()
+                    for n, p in model.named_parameters()
+                    if p.requires_grad
+                },
+                tmp / "trainable.safetensors",
+            )
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                },
+                tmp / "optimizer.pt",
+            )
+            atomic_write_json(
+                tmp / "state.json", {"step": self.step, "stage_hash": self.stage_hash}
+            )
         kept = sorted((self.out / "checkpoints").glob("step-*"))
         for old in kept[: -self.tc.keep_checkpoints]:
             shutil.rmtree(old)
@@ -143,8 +189,12 @@ class Trainer:
     def try_resume(self) -> None:
         """Continue from the newest complete checkpoint of this exact configuration, if any."""
         ckpts = sorted((self.out / "checkpoints").glob("step-*"))
-        ckpts = [c for c in ckpts if (c / "state.json").is_file()
-                 and read_json(c / "state.json")["stage_hash"] == self.stage_hash]
+        ckpts = [
+            c
+            for c in ckpts
+            if (c / "state.json").is_file()
+            and read_json(c / "state.json")["stage_hash"] == self.stage_hash
+        ]
         if not ckpts:
             return
         latest = ckpts[-1]
@@ -159,7 +209,9 @@ class Trainer:
         self.step = read_json(latest / "state.json")["step"]
         log = self.out / "log.jsonl"
         if log.exists():  # drop lines past the checkpoint: no gap, no duplicate
-            lines = [ln for ln in log.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
+            lines = [
+                ln for ln in log.read_text().splitlines() if json.loads(ln)["step"] <= self.step
+            ]
             atomic_write_text(log, "".join(ln + "\n" for ln in lines))
         tqdm.write(f"resuming from {latest} (step {self.step}/{self.total_steps})")
 
@@ -167,7 +219,9 @@ class Trainer:
     def _micro_batches(self) -> list[list[Example]]:
         idx = step_indices(self.step, len(self.examples), self.per_step, self.tc.seed)
         b, w, r = self.tc.batch_size, self.acc.num_processes, self.acc.process_index
-        micro = [idx[m * b * w : (m + 1) * b * w][r * b : (r + 1) * b] for m in range(self.tc.grad_accum)]
+        micro = [
+            idx[m * b * w : (m + 1) * b * w][r * b : (r + 1) * b] for m in range(self.tc.grad_accum)
+        ]
         return [[self.examples[i] for i in m] for m in micro]
 
     def train_step(self) -> dict[str, float]:
@@ -185,15 +239,24 @@ class Trainer:
                 device = logps.device
                 policy = _scatter(logps.double(), mask.to(device))
                 n_tok = _scatter(counts.double(), mask.to(device))
-                losses, _ = kwise_loss(self.cfg.train.loss.name, policy, ref.to(device), rewards.to(device),
-                                          mask.to(device), n_tokens=n_tok, **self.loss_params)
+                losses, _ = kwise_loss(
+                    self.cfg.train.loss.name,
+                    policy,
+                    ref.to(device),
+                    rewards.to(device),
+                    mask.to(device),
+                    n_tokens=n_tok,
+                    **self.loss_params,
+                )
                 self.acc.backward(losses.sum() / local)
             tokens += sum(len(p) + len(r) for p, r in pairs)
             with torch.no_grad():  # logging: chosen = best reward, rejected = worst
                 r_fill = rewards.masked_fill(~mask, math.inf)
                 worst = r_fill.argmin(1)
                 best = rewards.masked_fill(~mask, -math.inf).argmax(1)
-                has = (rewards.gather(1, best[:, None]) > rewards.gather(1, worst[:, None])).squeeze(1)
+                has = (
+                    rewards.gather(1, best[:, None]) > rewards.gather(1, worst[:, None])
+                ).squeeze(1)
                 rows = torch.arange(len(batch))
                 pol, implicit = policy.detach().cpu(), beta * (policy.detach().cpu() - ref)
                 sums["loss"] += losses.detach().sum().item()
@@ -208,7 +271,9 @@ class Trainer:
                     sums["rewards/accuracy"] += (rc > rr).double().sum().item()
         grad_norm = None
         if self.tc.max_grad_norm is not None:
-            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm))
+            grad_norm = float(
+                self.acc.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -222,14 +287,23 @@ class Trainer:
     def train(self, log_every: int = 1) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         self.try_resume()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
-                   disable=not self.acc.is_main_process)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not self.acc.is_main_process,
+        )
         log = self.out / "log.jsonl"
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             row = self.train_step()
             self.step += 1
-            row = {"step": self.step, **row, "tokens_per_s": row["tokens"] / (time.perf_counter() - t0)}
+            row = {
+                "step": self.step,
+                **row,
+                "tokens_per_s": row["tokens"] / (time.perf_counter() - t0),
+            }
             if self.acc.is_main_process:
                 with open(log, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -253,13 +327,20 @@ class Trainer:
             model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
         keys = ["step", *LOG_KEYS, "lr"]
-        csv = ",".join(keys) + "\n" + "".join(",".join(str(r.get(k)) for k in keys) + "\n" for r in rows)
+        csv = (
+            ",".join(keys)
+            + "\n"
+            + "".join(",".join(str(r.get(k)) for k in keys) + "\n" for r in rows)
+        )
         atomic_write_text(self.out / "curves.csv", csv)
-        tail = rows[-max(1, len(rows) // 10):]
-        metrics = {"steps": self.step, "examples": len(self.examples),
-                   **{f"final/{k}": _nanmean([r[k] for r in tail]) for k in LOG_KEYS},
-                   "first/loss": rows[0]["loss"],
-                   "tokens_per_s": _nanmean([r["tokens_per_s"] for r in rows])}
+        tail = rows[-max(1, len(rows) // 10) :]
+        metrics = {
+            "steps": self.step,
+            "examples": len(self.examples),
+            **{f"final/{k}": _nanmean([r[k] for r in tail]) for k in LOG_KEYS},
+            "first/loss": rows[0]["loss"],
+            "tokens_per_s": _nanmean([r["tokens_per_s"] for r in rows]),
+        }
         atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
 
@@ -267,4 +348,3 @@ class Trainer:
 def _nanmean(values: list[float]) -> float | None:
     good = [v for v in values if v is not None and not math.isnan(v)]
     return sum(good) / len(good) if good else None
-

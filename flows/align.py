@@ -6,10 +6,10 @@ task cache) or, when its folder is current, returns at once (the manifest check)
 
 from __future__ import annotations
 
-import flows  # noqa: F401  (pins Prefect settings before Prefect loads)
 from prefect import flow
 from prefect.logging import get_run_logger
 
+import flows  # noqa: F401  (pins Prefect settings before Prefect loads)
 from align.config import load_pipeline
 from align.pipeline import plan
 from tasks.annotate import annotate_task
@@ -37,7 +37,9 @@ def align_flow(pipeline: str, overrides: list[str] | None = None, smoke: bool = 
     upstream = None
     for p in plan(cfg):
         task = STAGE_TASKS[p.name].with_options(refresh_cache=not p.cached)
-        future = task.submit(pipeline, overrides, smoke, p.stage_hash, wait_for=[upstream] if upstream else None)
+        future = task.submit(
+            pipeline, overrides, smoke, p.stage_hash, wait_for=[upstream] if upstream else None
+        )
         manifests[p.name] = future.result()
         upstream = future
     logger.info("pipeline %s done: %s", cfg.name, ", ".join(manifests))

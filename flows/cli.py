@@ -14,18 +14,29 @@ from align.errors import AlignError
 
 def _add_pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", help="pipelines/<name>.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override any YAML key (repeatable), e.g. --set train.loss.beta=0.1")
-    p.add_argument("--smoke", action="store_true",
-                   help="same stage structure on the tiny model with a handful of records")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override any YAML key (repeatable), e.g. --set train.loss.beta=0.1",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="same stage structure on the tiny model with a handful of records",
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
     from align.pipeline import active_stages
 
-    print(f"{args.pipeline}: ok — pipeline {cfg.name!r}, loss {cfg.train.loss.name}, "
-          f"stages: {' -> '.join(active_stages(cfg))}")
+    print(
+        f"{args.pipeline}: ok — pipeline {cfg.name!r}, loss {cfg.train.loss.name}, "
+        f"stages: {' -> '.join(active_stages(cfg))}"
+    )
     return 0
 
 
@@ -41,8 +52,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         table.add_column(col)
     for p in plan(cfg):
         inputs = "\n".join(f"{k}: {str(v)[:40]}" for k, v in p.inputs.items()) or "-"
-        table.add_row(p.name, inputs, "\n".join(o.path for o in p.outs), p.stage_hash[:12],
-                      "[green]cached[/]" if p.cached else "[yellow]to run[/]")
+        table.add_row(
+            p.name,
+            inputs,
+            "\n".join(o.path for o in p.outs),
+            p.stage_hash[:12],
+            "[green]cached[/]" if p.cached else "[yellow]to run[/]",
+        )
     Console().print(table)
     return 0
 
@@ -52,14 +68,19 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
     manifest, ran = run_stage(cfg, args.stage, force=args.force)
-    print(f"{args.stage}: {'done' if ran else 'up to date'} ({manifest['stage_hash'][:12]}) {manifest['summary']}")
+    print(
+        f"{args.stage}: {'done' if ran else 'up to date'} "
+        f"({manifest['stage_hash'][:12]}) {manifest['summary']}"
+    )
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from align.pipeline import plan, run_stage, stage_folder
 
-    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)  # fail fast, before Prefect starts
+    cfg = load_pipeline(
+        args.pipeline, args.overrides, args.smoke
+    )  # fail fast, before Prefect starts
     started = time.time()
     if args.no_prefect:
         for p in plan(cfg):
@@ -71,7 +92,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         align_flow(args.pipeline, args.overrides, args.smoke)
     print(f"pipeline {cfg.name} finished in {time.time() - started:.1f}s")
     last = plan(cfg)[-1]
-    report = stage_folder(cfg, last.name) / ("report.md" if last.name == "evaluate" else "manifest.json")
+    report = stage_folder(cfg, last.name) / (
+        "report.md" if last.name == "evaluate" else "manifest.json"
+    )
     print(f"report: {report}")
     if report.name == "report.md" and report.is_file():
         print(report.read_text())
@@ -86,7 +109,10 @@ def cmd_dvc(args: argparse.Namespace) -> int:
     if args.check:
         current = Path(args.output).read_text() if Path(args.output).is_file() else ""
         if current != text:
-            print(f"{args.output} is out of date with {args.pipeline}; run `align dvc {args.pipeline}`")
+            print(
+                f"{args.output} is out of date with {args.pipeline}; "
+                f"run `align dvc {args.pipeline}`"
+            )
             return 1
         return 0
     Path(args.output).write_text(text)

@@ -42,8 +42,13 @@ def stage_task(stage: str, retries: int = 0, retry_delay_seconds: float = 5.0) -
         if manifest["stage_hash"] != stage_hash:
             raise RuntimeError(f"{stage}: the pipeline changed while the flow ran; run it again")
         logger = get_run_logger()
-        logger.info("%s %s in %.1fs: %s", stage, "ran" if ran else "was current",
-                    manifest["seconds"], manifest["summary"])
+        logger.info(
+            "%s %s in %.1fs: %s",
+            stage,
+            "ran" if ran else "was current",
+            manifest["seconds"],
+            manifest["summary"],
+        )
         return manifest
 
     return run

@@ -55,15 +55,23 @@ class RewardModel:
         self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
 
     @torch.no_grad()
-    def __call__(self, prompts: list[list[dict]], completions: list[str], batch_size: int) -> list[float]:
+    def __call__(
+        self, prompts: list[list[dict]], completions: list[str], batch_size: int
+    ) -> list[float]:
         texts = [
-            self.tokenizer.apply_chat_template([*p, {"role": "assistant", "content": c}], tokenize=False)
+            self.tokenizer.apply_chat_template(
+                [*p, {"role": "assistant", "content": c}], tokenize=False
+            )
             for p, c in zip(prompts, completions, strict=True)
         ]
         scores: list[float] = []
         for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True,
-                                 add_special_tokens=False)
+            enc = self.tokenizer(
+                texts[i : i + batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            )
             scores.extend(self.model(**enc).logits[:, 0].float().tolist())
         return scores
 
@@ -78,16 +86,21 @@ class Scorer:
         self.fn = load_function(cfg.function) if cfg.function else None
         self.rm = RewardModel(cfg.model) if cfg.model else None
 
-    def __call__(self, prompts: list[list[dict]], completions: list[str], columns: dict[str, list]) -> list[float]:
+    def __call__(
+        self, prompts: list[list[dict]], completions: list[str], columns: dict[str, list]
+    ) -> list[float]:
         if self.fn is not None:
             scores = list(self.fn(prompts, completions, **columns))
         else:
             scores = self.rm(prompts, completions, self.cfg.batch_size)
+        name = self.cfg.function or self.cfg.model
         if len(scores) != len(completions):
             raise AlignError(
-                f"reward {self.cfg.function}: returned {len(scores)} scores for {len(completions)} completions"
+                f"reward {name}: returned {len(scores)} scores for {len(completions)} completions"
             )
         for i, s in enumerate(scores):
             if not isinstance(s, int | float) or not math.isfinite(s):
-                raise AlignError(f"reward {self.cfg.function or self.cfg.model}: completion {i} got {s!r}; rewards must be finite")
+                raise AlignError(
+                    f"reward {name}: completion {i} got {s!r}; rewards must be finite numbers"
+                )
         return [float(s) for s in scores]

@@ -1,0 +1,146 @@
+"""The `align` command line, run in-process: exit codes, and one `error: ...` line for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "pipelines" / "quickstart.yaml"
+NCA_7B = ROOT / "pipelines" / "nca-7b.yaml"
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The single stderr line of a failed command (nothing on stdout)."""
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def first_column(table: str) -> list[str]:
+    """The non-empty cells of the first column of a rich table's body (the header uses ┃)."""
+    cells = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
+    return [c for c in cells if c]
+
+
+def test_validate_quickstart(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(QUICKSTART)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith(f"{QUICKSTART}: ok")
+    assert "pipeline 'quickstart', loss nca" in out
+    assert out.rstrip().endswith("stages: prepare-model -> sample -> annotate -> train -> evaluate")
+
+
+def test_validate_smoke_renames_and_drops_absent_stages(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["validate", str(NCA_7B), "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline 'nca-7b-smoke'" in out
+    assert out.rstrip().endswith("stages: prepare-model -> annotate -> train")
+
+
+def test_validate_with_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = ["--set", "train.loss={name: dpo, beta: 0.2}", "--set", "evaluate=null"]
+    code = main(["validate", str(QUICKSTART), *overrides])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "loss dpo" in out
+    assert out.rstrip().endswith("stages: prepare-model -> sample -> annotate -> train")
+
+
+def test_missing_pipeline_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "missing.yaml"
+    assert main(["validate", str(path)]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: {path}: no such pipeline file")
+
+
+def test_parameter_of_another_loss_after_set(capsys: pytest.CaptureFixture[str]) -> None:
+    # quickstart sets nca's alpha, so switching only the name leaves a parameter dpo lacks
+    assert main(["validate", str(QUICKSTART), "--set", "train.loss.name=dpo"]) == 2
+    assert error_line(capsys) == (
+        f"error: {QUICKSTART}: train.loss: unknown parameter 'alpha' for loss 'dpo'; valid: beta"
+    )
+
+
+def test_unknown_loss_from_set(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(QUICKSTART), "--set", "train.loss.name=ncaa"]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: {QUICKSTART}: train.loss: unknown loss 'ncaa'; valid: ")
+    assert line.endswith("(did you mean 'nca'?)")
+
+
+def test_malformed_set(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(QUICKSTART), "--set", "train.loss.beta"]) == 2
+    assert error_line(capsys) == (
+        "error: --set 'train.loss.beta': expected key.path=value, e.g. train.loss.beta=0.1"
+    )
+
+
+def test_schema_error_in_a_written_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text(QUICKSTART.read_text().replace("  temperature: 1.0", "  temprature: 1.0"))
+    assert main(["validate", str(path)]) == 2
+    line = error_line(capsys)
+    assert line.startswith(
+        f"error: {path}: sample.temprature: unknown key (did you mean 'sample.temperature'?)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "stages"),
+    [
+        (QUICKSTART, ["prepare-model", "sample", "annotate", "train", "evaluate"]),
+        (NCA_7B, ["prepare-model", "annotate", "train"]),
+    ],
+    ids=["quickstart", "nca-7b"],
+)
+def test_plan_smoke_lists_every_stage(
+    pipeline: Path,
+    stages: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty runs/ folder: nothing is cached
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["plan", "--smoke", str(pipeline)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert f"{pipeline.stem}-smoke: {pipeline}" in out
+    assert first_column(out) == stages
+    assert out.count("to run") == len(stages)
+    assert "cached" not in out
+
+
+def test_dvc_check_on_the_committed_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert main(["dvc", "--check", "pipelines/quickstart.yaml"]) == 0
+
+
+def test_dvc_writes_then_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(ROOT)
+    output = tmp_path / "dvc.yaml"
+    assert main(["dvc", "pipelines/quickstart.yaml", "--output", str(output)]) == 0
+    assert capsys.readouterr().out == f"wrote {output}\n"
+    text = output.read_text()
+    assert text.startswith("# Generated by `align dvc pipelines/quickstart.yaml`")
+    assert "cmd: align stage pipelines/quickstart.yaml train" in text
+    assert main(["dvc", "--check", "pipelines/quickstart.yaml", "--output", str(output)]) == 0
+
+    output.write_text("stages: {}\n")
+    assert main(["dvc", "--check", "pipelines/quickstart.yaml", "--output", str(output)]) == 1
+    assert "out of date" in capsys.readouterr().out
+    assert output.read_text() == "stages: {}\n"  # --check never writes

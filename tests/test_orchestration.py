@@ -1,0 +1,110 @@
+"""Real Prefect and real DVC on the tiny model: the flow runs every stage and caches them;
+`dvc repro` runs them, skips them all the second time, and re-runs only downstream stages
+after a parameter change."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, venv_env
+
+pytestmark = pytest.mark.integration
+
+STAGES = ["prepare-model", "sample", "annotate", "train", "evaluate"]
+
+
+def _align(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=project,
+        env=venv_env(project),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_prefect_flow_runs_then_caches_every_stage(project: Path) -> None:
+    first = _align(project, "run", "pipelines/quickstart.yaml", "--smoke")
+    assert first.returncode == 0, first.stderr[-3000:]
+    logs = first.stdout + first.stderr
+    for stage in STAGES:
+        assert re.search(rf"{stage} ran in", logs), f"{stage} did not run:\n{logs[-3000:]}"
+    assert "report: runs/quickstart-smoke/evaluate/report.md" in first.stdout
+
+    second = _align(project, "run", "pipelines/quickstart.yaml", "--smoke")
+    assert second.returncode == 0, second.stderr[-3000:]
+    logs = second.stdout + second.stderr
+    assert not re.search(r"\b(sample|annotate|train|evaluate) ran in", logs)
+    assert logs.count("Cached") >= len(STAGES), logs[-3000:]
+
+
+def test_flagship_smoke_runs_its_stage_structure_under_prefect(project: Path) -> None:
+    """nca-7b --smoke: UltraFeedback layout from a local file, LoRA, no sample stage."""
+    res = _align(project, "run", "pipelines/nca-7b.yaml", "--smoke")
+    assert res.returncode == 0, res.stderr[-3000:]
+    logs = res.stdout + res.stderr
+    for stage in ("prepare-model", "annotate", "train"):
+        assert re.search(rf"{stage} ran in", logs)
+    assert "sample ran" not in logs
+    manifest = yaml.safe_load((project / "runs/nca-7b-smoke/annotate/manifest.json").read_text())
+    assert manifest["summary"]["reward_max"] == 9.0  # A0_score of the smoke file
+
+
+def test_bad_pipeline_fails_fast_with_one_line(project: Path) -> None:
+    res = _align(project, "run", "pipelines/quickstart.yaml", "--set", "train.loss.name=ncaa")
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0
+    assert "did you mean 'nca'" in res.stderr
+
+
+def _dvc(project: Path, *args: str) -> str:
+    res = subprocess.run(
+        [str(REPO / ".venv/bin/dvc"), *args],
+        cwd=project,
+        env=venv_env(project),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    return res.stdout + res.stderr
+
+
+def test_dvc_repro_skips_unchanged_and_reruns_downstream(project: Path) -> None:
+    shutil.copytree(REPO / "align", project / "align", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / ".dvcignore", project / ".dvcignore")
+    raw = yaml.safe_load((project / "pipelines/quickstart.yaml").read_text())
+    raw.update(name="tiny", model={"policy": "tiny"})
+    raw["data"]["train"]["limit"] = 4
+    raw["data"]["eval"]["limit"] = 2
+    raw["sample"].update(max_new_tokens=6, batch_prompts=2)
+    raw["train"].update(max_steps=2, max_length=96, max_prompt_length=64, precision="fp32")
+    raw["evaluate"].update(max_new_tokens=6)
+    (project / "pipelines/tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    _dvc(project, "init", "-q")
+    _dvc(project, "config", "core.analytics", "false")
+    assert _align(project, "dvc", "pipelines/tiny.yaml").returncode == 0
+
+    first = _dvc(project, "repro")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first
+
+    second = _dvc(project, "repro")
+    assert "Running stage" not in second
+    for stage in STAGES:
+        assert f"'{stage}' didn't change, skipping" in second
+
+    raw["train"]["learning_rate"] = 2e-5
+    (project / "pipelines/tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    third = _dvc(project, "repro")
+    ran = set(re.findall(r"Running stage '([\w-]+)'", third))
+    assert ran == {"train", "evaluate"}, third[-2000:]
