@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from align.errors import AlignError
+from align.judging.config import JudgeConfig, JudgeRewardConfig
 
 Dtype = Literal["float32", "bfloat16"]
 
@@ -104,16 +105,17 @@ class SampleConfig(Strict):
 class RewardConfig(Strict):
     function: str | None = None  # 'module:function' with TRL's reward-function signature
     model: str | None = None  # HF sequence-classification reward model ('tiny-reward' in tests)
+    judge: JudgeRewardConfig | None = None  # an LLM judge's 1-10 rating (UltraFeedback style)
     from_data: bool = False  # the dataset already carries rewards (UltraFeedback scores)
     batch_size: int = Field(8, gt=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardConfig:
-        chosen = [k for k in ("function", "model") if getattr(self, k)] + (
+        chosen = [k for k in ("function", "model", "judge") if getattr(self, k)] + (
             ["from_data"] if self.from_data else []
         )
         if len(chosen) != 1:
-            raise ValueError("set exactly one of 'function', 'model' or 'from_data: true'")
+            raise ValueError("set exactly one of 'function', 'model', 'judge' or 'from_data: true'")
         if self.function and not re.fullmatch(r"[\w.]+:\w+", self.function):
             raise ValueError(f"function: {self.function!r} must look like 'package.module:name'")
         return self
@@ -210,6 +212,7 @@ class PipelineConfig(Strict):
     annotate: AnnotateConfig
     train: TrainConfig
     evaluate: EvaluateConfig | None = None
+    judge: JudgeConfig | None = None  # MT-Bench / AlpacaEval on the trained policy
     smoke: SmokeConfig = SmokeConfig()
     runs_dir: str = "runs"
 
@@ -259,10 +262,16 @@ SMOKE_PROFILE: dict[str, Any] = {
     "train.max_length": 128,
     "train.max_prompt_length": 64,
 }
+SMOKE_JUDGE = {"kind": "local", "model": "tiny", "max_new_tokens": 8}
 SMOKE_IF_PRESENT = {
     "sample": {"sample.max_new_tokens": 8, "sample.batch_prompts": 2, "sample.shard_size": 2},
     "evaluate": {"evaluate.max_new_tokens": 8, "evaluate.limit": 4},
     "data.eval": {"data.eval.limit": 4},
+    # the whole backend is replaced: openai-only keys must not survive on a local judge
+    "judge": {"judge.backend": SMOKE_JUDGE},
+    "judge.mtbench": {"judge.mtbench.limit": 2, "judge.mtbench.max_new_tokens": 8},
+    "judge.alpacaeval": {"judge.alpacaeval.limit": 3, "judge.alpacaeval.max_new_tokens": 8},
+    "annotate.reward.judge": {"annotate.reward.judge.backend": SMOKE_JUDGE},
 }
 
 

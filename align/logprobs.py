@@ -38,11 +38,17 @@ def token_logps(logits: Tensor, input_ids: Tensor, response_mask: Tensor) -> Ten
 
 
 def sequence_logps(
-    logits: Tensor, input_ids: Tensor, response_mask: Tensor
+    logits: Tensor, input_ids: Tensor, response_mask: Tensor, reduction: str = "sum"
 ) -> tuple[Tensor, Tensor]:
-    """(sum of response-token log-probs [N], response token count [N])."""
+    """(response log-prob [N], response token count [N]); `reduction` 'sum' gives
+    sum_t log p(y_t), 'mean' divides it by the token count (length-normalised)."""
     per_token = token_logps(logits, input_ids, response_mask)
-    return per_token.sum(-1), response_mask[:, 1:].sum(-1)
+    total, count = per_token.sum(-1), response_mask[:, 1:].sum(-1)
+    if reduction == "mean":
+        return total / count.clamp_min(1), count
+    if reduction != "sum":
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    return total, count
 
 
 def model_sequence_logps(

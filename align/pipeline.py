@@ -68,7 +68,7 @@ class StageDef:
     name: str
     upstream: tuple[str, ...]
     sections: tuple[str, ...]  # config keys hashed into this stage
-    outs: Callable[[str], list[Out]]  # stage folder -> outputs
+    outs: Callable[[PipelineConfig, str], list[Out]]  # (config, stage folder) -> outputs
     inputs: Callable[[PipelineConfig], dict[str, Any]] = lambda cfg: {}
     data_deps: Callable[[PipelineConfig], list[str]] = lambda cfg: []
 
@@ -84,11 +84,11 @@ class StagePlan:
     data_deps: list[str] = field(default_factory=list)
 
 
-def _folder_outs(folder: str) -> list[Out]:
+def _folder_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
     return [Out(folder, persist=True)]
 
 
-def _train_outs(folder: str) -> list[Out]:
+def _train_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
     return [
         Out(f"{folder}/model", cache=False),
         Out(f"{folder}/checkpoints", cache=False, persist=True, dep=False),
@@ -99,7 +99,7 @@ def _train_outs(folder: str) -> list[Out]:
     ]
 
 
-def _evaluate_outs(folder: str) -> list[Out]:
+def _evaluate_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
     return [
         Out(f"{folder}/answers-initial.jsonl"),
         Out(f"{folder}/answers-trained.jsonl"),
@@ -107,6 +107,48 @@ def _evaluate_outs(folder: str) -> list[Out]:
         Out(f"{folder}/{MANIFEST}"),
         Out(f"{folder}/metrics.json", kind="metrics", cache=False),
     ]
+
+
+def _judge_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
+    protocols = [name for name in ("mtbench", "alpacaeval") if getattr(cfg.judge, name)]
+    return [
+        *(Out(f"{folder}/{name}") for name in protocols),
+        Out(f"{folder}/report.md", cache=False),
+        Out(f"{folder}/{MANIFEST}"),
+        Out(f"{folder}/scores.json", kind="metrics", cache=False),
+    ]
+
+
+JUDGE_FILE_KEYS = (
+    "questions",
+    "reference_answers",
+    "baseline_answers",
+    "reference_outputs",
+    "instructions",
+    "difficulty",
+)
+
+
+def _judge_files(cfg: PipelineConfig) -> list[str]:
+    """Every question, reference and baseline file the judge stage reads."""
+    sections = [cfg.judge.mtbench, cfg.judge.alpacaeval] if cfg.judge else []
+    return [
+        value
+        for sec in sections
+        if sec is not None
+        for key, value in sec.model_dump().items()
+        if key in JUDGE_FILE_KEYS and value
+    ]
+
+
+def _judge_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    from align.judging.backends import judge_fingerprint
+
+    files = {
+        path: sha256_file(Path(path)) if Path(path).is_file() else "missing"
+        for path in _judge_files(cfg)
+    }
+    return {"judge": judge_fingerprint(cfg.judge.backend), "files": files}
 
 
 def _reward_input(cfg: PipelineConfig, which: str) -> dict[str, Any]:
@@ -164,13 +206,25 @@ STAGES: dict[str, StageDef] = {
                 [cfg.data.eval.path] if cfg.data.eval and cfg.data.eval.path else []
             ),
         ),
+        StageDef(
+            "judge",
+            ("prepare-model", "train"),
+            ("judge",),
+            _judge_outs,
+            inputs=_judge_inputs,
+            data_deps=_judge_files,
+        ),
     ]
 }
 
 
 def active_stages(cfg: PipelineConfig) -> list[str]:
     """Stages of this pipeline in DAG order (optional ones only when configured)."""
-    optional = {"sample": cfg.sample is not None, "evaluate": cfg.evaluate is not None}
+    optional = {
+        "sample": cfg.sample is not None,
+        "evaluate": cfg.evaluate is not None,
+        "judge": cfg.judge is not None,
+    }
     return [name for name in STAGES if optional.get(name, True)]
 
 
@@ -210,7 +264,7 @@ def plan(cfg: PipelineConfig) -> list[StagePlan]:
                 stage_hash,
                 inputs,
                 folder,
-                sd.outs(str(folder)),
+                sd.outs(cfg, str(folder)),
                 is_current(folder, stage_hash),
                 sd.data_deps(cfg),
             )

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from align.io import atomic_write_text
+from align.judging.examples import write_alpacaeval_example, write_mtbench_example
 
 INSTRUCTION = "Answer with only the number."
 NAMES = ["Tom", "Ana", "Li", "Sara", "Omar", "Mia", "Ravi", "Eva", "Ken", "Zoe", "Ben", "Ida"]
@@ -87,11 +88,14 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def write_quickstart_data(root: Path) -> list[Path]:
     """Write everything under `root` that data.dvc records (deterministic bytes): the
-    quickstart splits and the UltraFeedback-layout smoke file. Returns the paths."""
+    quickstart splits, the UltraFeedback-layout smoke file and small MT-Bench / AlpacaEval
+    files in their original layouts (our own text). Returns the paths."""
     paths = [
         _write_jsonl(root / "quickstart" / f"{split}.jsonl", problems(split)) for split in SPLITS
     ]
     paths.append(_write_jsonl(root / "smoke" / "ultrafeedback_reward.jsonl", ultrafeedback_like()))
+    paths += write_mtbench_example(root / "mtbench").values()
+    paths += write_alpacaeval_example(root / "alpacaeval").values()
     return paths
 
 

@@ -17,7 +17,7 @@ from align.data import load_records
 from align.evaluate import evaluate, reward_columns
 from align.io import sha256_tree
 from align.logprobs import model_sequence_logps
-from align.models import load_model, load_tokenizer, resolve_model, set_threads
+from align.models import cache_root, load_model, load_tokenizer, resolve_model, set_threads
 from align.records import chunks, read_shards, shard_path, write_shard
 from align.rewards import Scorer
 from align.sampling import generate
@@ -165,10 +165,24 @@ def evaluate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
     return evaluate(cfg, initial, trained, out), []
 
 
+def judge_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
+    """MT-Bench / AlpacaEval on the trained policy; verdicts are cached outside the stage folder
+    so a re-run or a resumed run never pays for the same judgment twice."""
+    from align.judging.policy import hf_generate_fn
+    from align.judging.run import run_judge
+
+    set_threads()
+    trained = Path(cfg.runs_dir) / cfg.name / "train" / "model"
+    generate_fn = hf_generate_fn(trained, cfg.model.dtype)
+    metrics = run_judge(cfg.judge, generate_fn, out, cfg.name, cache_root() / "judgments")
+    return metrics, []
+
+
 RUNNERS = {
     "prepare-model": prepare_model_stage,
     "sample": sample_stage,
     "annotate": annotate_stage,
     "train": train_stage,
     "evaluate": evaluate_stage,
+    "judge": judge_stage,
 }

@@ -202,7 +202,7 @@ class Trainer:
         missing = model.load_state_dict(load_file(latest / "trainable.safetensors"), strict=False)
         if missing.unexpected_keys:
             raise AlignError(f"checkpoint {latest} does not match this model; delete {self.out}")
-        state = torch.load(latest / "optimizer.pt", weights_only=False)
+        state = torch.load(latest / "optimizer.pt", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])

@@ -14,6 +14,7 @@ from align.config import load_pipeline
 from align.pipeline import plan
 from tasks.annotate import annotate_task
 from tasks.evaluate import evaluate_task
+from tasks.judge import judge_task
 from tasks.prepare_model import prepare_model_task
 from tasks.sample import sample_task
 from tasks.train import train_task
@@ -24,6 +25,7 @@ STAGE_TASKS = {
     "annotate": annotate_task,
     "train": train_task,
     "evaluate": evaluate_task,
+    "judge": judge_task,
 }
 
 

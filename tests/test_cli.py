@@ -35,7 +35,9 @@ def test_validate_quickstart(capsys: pytest.CaptureFixture[str]) -> None:
     assert err == ""
     assert out.startswith(f"{QUICKSTART}: ok")
     assert "pipeline 'quickstart', loss nca" in out
-    assert out.rstrip().endswith("stages: prepare-model -> sample -> annotate -> train -> evaluate")
+    assert out.rstrip().endswith(
+        "stages: prepare-model -> sample -> annotate -> train -> evaluate -> judge"
+    )
 
 
 def test_validate_smoke_renames_and_drops_absent_stages(
@@ -48,7 +50,14 @@ def test_validate_smoke_renames_and_drops_absent_stages(
 
 
 def test_validate_with_overrides(capsys: pytest.CaptureFixture[str]) -> None:
-    overrides = ["--set", "train.loss={name: dpo, beta: 0.2}", "--set", "evaluate=null"]
+    overrides = [
+        "--set",
+        "train.loss={name: dpo, beta: 0.2}",
+        "--set",
+        "evaluate=null",
+        "--set",
+        "judge=null",
+    ]
     code = main(["validate", str(QUICKSTART), *overrides])
     assert code == 0
     out = capsys.readouterr().out
@@ -100,7 +109,7 @@ def test_schema_error_in_a_written_pipeline(
 @pytest.mark.parametrize(
     ("pipeline", "stages"),
     [
-        (QUICKSTART, ["prepare-model", "sample", "annotate", "train", "evaluate"]),
+        (QUICKSTART, ["prepare-model", "sample", "annotate", "train", "evaluate", "judge"]),
         (NCA_7B, ["prepare-model", "annotate", "train"]),
     ],
     ids=["quickstart", "nca-7b"],

@@ -34,7 +34,12 @@ def load_function(spec: str) -> RewardFn:
 
 
 def reward_fingerprint(cfg: RewardConfig) -> str:
-    """What identifies the reward for caching: the function's source file hash or the model id."""
+    """What identifies the reward for caching: the function's source file hash, the judge and
+    its template, or the model id."""
+    if cfg.judge:
+        from align.judging.backends import judge_fingerprint
+
+        return f"judge:{judge_fingerprint(cfg.judge.backend)}:{cfg.judge.template}"
     if cfg.function:
         module = importlib.import_module(cfg.function.partition(":")[0])
         return f"{cfg.function}@{sha256_file(Path(module.__file__))[:16]}"
@@ -85,15 +90,23 @@ class Scorer:
         self.cfg = cfg
         self.fn = load_function(cfg.function) if cfg.function else None
         self.rm = RewardModel(cfg.model) if cfg.model else None
+        self.judge = None
+        if cfg.judge:
+            from align.judging.run import RewardJudge
+            from align.models import cache_root
+
+            self.judge = RewardJudge(cfg.judge, cache_root() / "judgments")
 
     def __call__(
         self, prompts: list[list[dict]], completions: list[str], columns: dict[str, list]
     ) -> list[float]:
         if self.fn is not None:
             scores = list(self.fn(prompts, completions, **columns))
+        elif self.judge is not None:
+            scores = self.judge.rewards(prompts, completions)
         else:
             scores = self.rm(prompts, completions, self.cfg.batch_size)
-        name = self.cfg.function or self.cfg.model
+        name = self.cfg.function or self.cfg.model or "judge"
         if len(scores) != len(completions):
             raise AlignError(
                 f"reward {name}: returned {len(scores)} scores for {len(completions)} completions"

@@ -1,0 +1,80 @@
+"""Turning judge text (and first-token log-probs) into numbers.
+
+Every parser returns (value, None) or (None, reason): an unparseable judgment is a recorded,
+counted failure with its raw text kept by the caller, never a crash and never a made-up value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+# FastChat's two patterns, tried in this order; the first match wins (re.search).
+RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+VERDICTS = (("[[A]]", "A"), ("[[B]]", "B"), ("[[C]]", "tie"))
+SINGLE_LABEL = re.compile(r"\W*(\w)\W*")
+
+
+def parse_rating(text: str, low: float = 1, high: float = 10) -> tuple[float | None, str | None]:
+    """FastChat's rule: the first `[[N]]`, else the first `[N]`. Our addition: N outside
+    [low, high] is invalid (FastChat would average it in)."""
+    match = RATING.search(text) or RATING_BACKUP.search(text)
+    if match is None:
+        return None, "no [[rating]] in the judgment"
+    value = float(match.group(1))
+    if not low <= value <= high:
+        return None, f"rating {value:g} outside {low:g}-{high:g}"
+    return value, None
+
+
+def parse_verdict(text: str) -> tuple[str | None, str | None]:
+    """'A', 'B' or 'tie' from `[[A]]`, `[[B]]`, `[[C]]`. Unlike FastChat (which takes A first
+    when several appear), a judgment naming two different verdicts is a failure: resolving it
+    by a fixed preference would inject a position bias."""
+    found = [verdict for tag, verdict in VERDICTS if tag in text]
+    if not found:
+        return None, "no [[A]]/[[B]]/[[C]] verdict in the judgment"
+    if len(found) > 1:
+        return None, f"conflicting verdicts {found}"
+    return found[0], None
+
+
+def _label_mass(top_logprobs: dict[str, float] | None, label: str) -> float:
+    """Probability of the first token being `label` (tokens compared after stripping spaces)."""
+    return sum(math.exp(lp) for tok, lp in (top_logprobs or {}).items() if tok.strip() == label)
+
+
+def _single_label(text: str, labels: tuple[str, str]) -> str | None:
+    match = SINGLE_LABEL.fullmatch(text.strip())
+    return match.group(1) if match and match.group(1) in labels else None
+
+
+def parse_alpaca(
+    text: str, top_logprobs: dict[str, float] | None
+) -> tuple[float | None, str | None, str]:
+    """AlpacaEval preference in [1, 2] of the output shown second (`M`) over the first (`m`):
+    soft 2 - P(m) / (P(m) + P(M)) from first-token log-probs when either label is among them,
+    else hard (1 or 2) from a reply that is just the label. Returns (pref, error, kind)."""
+    p_m, p_big = _label_mass(top_logprobs, "m"), _label_mass(top_logprobs, "M")
+    if p_m + p_big > 0:
+        return 2 - p_m / (p_m + p_big), None, "soft"
+    label = _single_label(text, ("m", "M"))
+    if label is None:
+        return None, "reply is not the label m or M", "none"
+    return (1.0 if label == "m" else 2.0), None, "hard"
+
+
+def parse_ab(text: str, top_logprobs: dict[str, float] | None) -> tuple[float | None, str | None]:
+    """P(reply A is better): P(A) / (P(A) + P(B)) from first-token log-probs when either letter
+    is among them, else 1 or 0 from a reply that is just `A`/`B` (or one `[[A]]`/`[[B]]`)."""
+    p_a, p_b = _label_mass(top_logprobs, "A"), _label_mass(top_logprobs, "B")
+    if p_a + p_b > 0:
+        return p_a / (p_a + p_b), None
+    label = _single_label(text, ("A", "B"))
+    if label is None:
+        verdict, _ = parse_verdict(text)
+        label = verdict if verdict in ("A", "B") else None
+    if label is None:
+        return None, "reply is not the letter A or B"
+    return (1.0 if label == "A" else 0.0), None

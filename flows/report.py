@@ -1,0 +1,280 @@
+"""The run report, written when the flow `align` finishes: Prefect artifacts and files.
+
+Artifacts (keys derived from the pipeline name, so each run adds a new version of the same key):
+  <name>-report       markdown: config, lineage, training-curve summary, evaluation results
+  <name>-train-log    table: the trainer's per-step log
+  <name>-<stage>      table: the metrics of each stage after training (evaluate, judge, ...)
+  <name>-checkpoint   link: the final checkpoint folder
+Files, under runs/<name>/:
+  report.md and plots/{loss,logps,margin}.png   the same report, with the figures
+  train/MODEL_CARD.md                           lineage and training results of the checkpoint
+
+Everything is read back from what the stages left on disk (manifests, log.jsonl, metrics.json,
+report.md), so the report describes the files, whichever orchestrator produced them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+
+from align.config import PipelineConfig
+from align.io import atomic_write_text
+from align.pipeline import code_version, stage_folder
+from align.plots import plot_training
+
+CURVE_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/margin", "rewards/accuracy")
+LOG_COLUMNS = ("step", *CURVE_KEYS, "rewards/chosen", "rewards/rejected", "lr", "grad_norm")
+RESULT_FILES = ("metrics.json", "scores.json")  # flat metrics of evaluate / judge stages
+CARD = "MODEL_CARD.md"  # next to train/model/, outside the folder DVC records as an output
+
+
+@dataclass
+class RunFacts:
+    """What the report says, gathered once from the pipeline config and the stage folders."""
+
+    cfg: PipelineConfig
+    manifests: dict[str, dict]
+    log: list[dict] = field(default_factory=list)
+    results: dict[str, dict] = field(default_factory=dict)  # stage -> flat metrics
+    sections: dict[str, str] = field(default_factory=dict)  # stage -> its own report.md
+
+    @property
+    def root(self) -> Path:
+        return Path(self.cfg.runs_dir) / self.cfg.name
+
+    @property
+    def checkpoint(self) -> Path:
+        return stage_folder(self.cfg, "train") / "model"
+
+
+def slug(name: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "pipeline"
+
+
+def read_log(path: Path) -> list[dict]:
+    """The trainer's `log.jsonl` (one JSON object per optimizer step); [] when absent."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def gather(cfg: PipelineConfig, manifests: dict[str, dict]) -> RunFacts:
+    """Read the training log and every later stage's metrics and report section."""
+    facts = RunFacts(cfg, manifests, read_log(stage_folder(cfg, "train") / "log.jsonl"))
+    stages = list(manifests)
+    after_train = stages[stages.index("train") + 1 :] if "train" in stages else []
+    for stage in after_train:
+        folder = stage_folder(cfg, stage)
+        for name in RESULT_FILES:
+            if (folder / name).is_file():
+                facts.results[stage] = json.loads((folder / name).read_text())
+                break
+        if (folder / "report.md").is_file():
+            facts.sections[stage] = (folder / "report.md").read_text()
+    return facts
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def lineage(facts: RunFacts) -> list[tuple[str, str]]:
+    """(what, identity) rows: data, models, reward, code, then every stage hash."""
+    m = facts.manifests
+    prep = m.get("prepare-model", {}).get("summary", {})
+    train_data = (m.get("sample") or m.get("annotate") or {}).get("inputs", {}).get("data")
+    rows = [
+        ("training data (sha256)", train_data),
+        ("eval data (sha256)", m.get("evaluate", {}).get("inputs", {}).get("eval_data")),
+        (
+            "base model",
+            f"{prep['policy']['source']} (weights sha256 {prep['policy']['hash']})"
+            if "policy" in prep
+            else None,
+        ),
+        (
+            "reference model",
+            f"{prep['reference']['source']} (weights sha256 {prep['reference']['hash']})"
+            if "reference" in prep
+            else None,
+        ),
+        ("reward", m.get("annotate", {}).get("inputs", {}).get("reward")),
+        ("code version (align/)", code_version()),
+    ]
+    rows += [(f"stage {name}", man.get("stage_hash")) for name, man in m.items()]
+    return [(k, str(v)) for k, v in rows if v is not None]
+
+
+def curve_summary(log: list[dict]) -> list[dict]:
+    """First, last, min and max of each logged curve, one row per quantity."""
+    rows = []
+    for key in CURVE_KEYS:
+        values = [r[key] for r in log if r.get(key) is not None]
+        if values:
+            rows.append(
+                {
+                    "quantity": key,
+                    "first": values[0],
+                    "last": values[-1],
+                    "min": min(values),
+                    "max": max(values),
+                }
+            )
+    return rows
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _demote(markdown: str) -> str:
+    """A stage's own report nested under our headings: '# x' becomes '### x'."""
+    return re.sub(r"^(#+) ", r"\1## ", markdown, flags=re.MULTILINE)
+
+
+def render(facts: RunFacts, plots: list[Path] | None = None, run_id: str | None = None) -> str:
+    """The report as markdown; `plots` (paths relative to the report) are embedded when given."""
+    cfg, m = facts.cfg, facts.manifests
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        f"# {cfg.name}: run report",
+        "",
+        f"{cfg.description}".strip(),
+        "",
+        f"Finished {when}" + (f" · flow run `{run_id}`" if run_id else "")
+        + f" · stages: {' -> '.join(m)}",
+        "",
+        "## Lineage",
+        "",
+        _table(["what", "identity"], [list(r) for r in lineage(facts)]),
+        "",
+        "## Training",
+        "",
+    ]
+    train = m.get("train", {}).get("summary", {})
+    out.append(
+        _table(["figure", "value"], [[k, v] for k, v in train.items()]) if train else "No training."
+    )
+    summary = curve_summary(facts.log)
+    if summary:
+        out += ["", f"Curves over {len(facts.log)} logged steps:", ""]
+        out.append(_table(list(summary[0]), [list(r.values()) for r in summary]))
+    for plot in plots or []:
+        out += ["", f"![{plot.stem}]({plot.as_posix()})"]
+    for stage, metrics in facts.results.items():
+        out += ["", f"## Results: {stage}", ""]
+        if stage in facts.sections:
+            out += [_demote(facts.sections[stage]).strip(), ""]
+        out.append(_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))
+    out += [
+        "",
+        "## Checkpoint",
+        "",
+        f"`{facts.checkpoint}` (model card: `{facts.checkpoint.parent / CARD}`)",
+        "",
+        "## Config",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def model_card(facts: RunFacts) -> str:
+    """A model card for the final checkpoint: what it is, where it came from, how it trained.
+    Only facts fixed by the train stage's inputs, so an unchanged checkpoint keeps its card."""
+    cfg = facts.cfg
+    train = facts.manifests.get("train", {}).get("summary", {})
+    loss = cfg.train.loss
+    return "\n".join(
+        [
+            f"# {cfg.name}: aligned checkpoint",
+            "",
+            f"{cfg.description}".strip(),
+            "",
+            f"- weights: `{facts.checkpoint}` (Hugging Face format)",
+            f"- base model: `{cfg.model.policy}`"
+            + (f" with LoRA r={cfg.model.lora.r}" if cfg.model.lora else ""),
+            f"- loss: `{loss.name}` {json.dumps(loss.params(), sort_keys=True)}",
+            f"- optimisation: lr {cfg.train.learning_rate}, {cfg.train.lr_scheduler}, "
+            f"{train.get('steps', '?')} steps, precision {cfg.train.precision}",
+            "",
+            "## Lineage",
+            "",
+            _table(
+                ["what", "identity"],
+                [list(r) for r in lineage(facts) if r[0] != "stage evaluate"],
+            ),
+            "",
+            "## Training results",
+            "",
+            _table(["figure", "value"], [[k, v] for k, v in train.items()]),
+            "",
+        ]
+    )
+
+
+def _rounded(row: dict) -> dict:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def write_files(facts: RunFacts) -> tuple[Path, list[Path]]:
+    """runs/<name>/report.md with its PNG figures, and the model card; returns (report, plots)."""
+    plots = plot_training(facts.log, facts.root / "plots") if facts.log else []
+    report = facts.root / "report.md"
+    rel = [p.relative_to(facts.root) for p in plots]
+    atomic_write_text(report, render(facts, rel))
+    if "train" in facts.manifests and facts.checkpoint.is_dir():
+        atomic_write_text(facts.checkpoint.parent / CARD, model_card(facts))
+    return report, plots
+
+
+def publish(cfg: PipelineConfig, manifests: dict[str, dict], run_id: str | None = None) -> Path:
+    """Write the report files and create the artifacts of this flow run; returns report.md."""
+    facts = gather(cfg, manifests)
+    report, _ = write_files(facts)
+    key = slug(cfg.name)
+    create_markdown_artifact(
+        key=f"{key}-report",
+        markdown=render(facts, run_id=run_id) + f"\nReport with figures: `{report}`\n",
+        description=f"{cfg.name}: config, lineage, training and evaluation",
+    )
+    if facts.log:
+        create_table_artifact(
+            key=f"{key}-train-log",
+            table=[_rounded({c: r.get(c) for c in LOG_COLUMNS if c in r}) for r in facts.log],
+            description=f"{cfg.name}: training log, one row per optimizer step",
+        )
+    for stage, metrics in facts.results.items():
+        create_table_artifact(
+            key=f"{key}-{slug(stage)}",
+            table=[{"metric": k, "value": v} for k, v in metrics.items()],
+            description=f"{cfg.name}: {stage} results",
+        )
+    if facts.checkpoint.is_dir():
+        create_link_artifact(
+            key=f"{key}-checkpoint",
+            link=facts.checkpoint.resolve().as_uri(),
+            link_text=str(facts.checkpoint),
+            description=f"{cfg.name}: final checkpoint (model card: {CARD} beside it)",
+        )
+    return report

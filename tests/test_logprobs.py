@@ -1,0 +1,48 @@
+"""The gather helper: response-token log-probs by hand on a 3-token vocabulary."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from align.logprobs import pack_rows, sequence_logps, token_logps
+
+
+def test_pack_rows_pads_right_and_marks_responses() -> None:
+    ids, attn, resp = pack_rows([([5, 6], [7]), ([5], [8, 9, 1])], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 0], [5, 8, 9, 1]]
+    assert attn.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert resp.tolist() == [[False, False, True, False], [False, True, True, True]]
+
+
+def test_token_logps_shift_by_one_and_mask_prompt_and_padding() -> None:
+    # logits at position t predict token t+1. Vocabulary of 3; uniform logits except where set.
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 1] = torch.tensor([0.0, math.log(3.0), 0.0])  # p(token 1 | pos 1) = 3/5
+    logits[0, 2] = torch.tensor([math.log(4.0), 0.0, 0.0])  # p(token 0 | pos 2) = 4/6
+    ids = torch.tensor([[2, 2, 1, 0]])  # prompt [2, 2], response [1, 0]
+    resp = torch.tensor([[False, False, True, True]])
+    per_token = token_logps(logits, ids, resp)
+    # position 0 scores ids[1] (prompt: masked); 1 scores ids[2]=1; 2 scores ids[3]=0
+    assert per_token[0, 0] == 0.0
+    assert math.isclose(per_token[0, 1].item(), math.log(3 / 5), rel_tol=1e-6)
+    assert math.isclose(per_token[0, 2].item(), math.log(4 / 6), rel_tol=1e-6)
+    total, count = sequence_logps(logits, ids, resp)
+    assert math.isclose(total.item(), math.log(3 / 5) + math.log(4 / 6), rel_tol=1e-6)
+    assert count.tolist() == [2]
+    mean, _ = sequence_logps(logits, ids, resp, reduction="mean")
+    assert math.isclose(mean.item(), total.item() / 2, rel_tol=1e-6)
+
+
+def test_padding_does_not_change_a_rows_log_prob() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    ids = torch.tensor([[1, 2, 3, 0, 0], [1, 2, 3, 4, 5]])
+    resp = torch.tensor([[False, True, True, False, False], [False, True, True, False, False]])
+    total, count = sequence_logps(logits, ids, resp)
+    # rows share the scored tokens (positions 1-2) and the logits that score them
+    logits[1, :2] = logits[0, :2]
+    total2, _ = sequence_logps(logits, ids, resp)
+    assert math.isclose(total2[0].item(), total2[1].item(), rel_tol=1e-6)
+    assert count.tolist() == [2, 2] and total.shape == (2,)
