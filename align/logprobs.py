@@ -59,3 +59,54 @@ def model_sequence_logps(
     ids, attn, resp = ids.to(model.device), attn.to(model.device), resp.to(model.device)
     logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
     return sequence_logps(logits, ids, resp)
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def shared_prompt_logps(
+    model, groups: list[tuple[list[int], list[list[int]]]], pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """Summed response log-probs [N] and token counts [N] for groups (prompt, [responses]),
+    flattened in group order, running each prompt through the model once.
+
+    The prompts (left-padded) fill a KV cache; each prompt's cache rows are repeated for its
+    responses, which run right-padded on top with positions continuing after their prompt.
+    The first response token is scored by the prompt's last logits. Same math as
+    `model_sequence_logps` on the concatenated rows, with the prompt tokens computed once
+    instead of K times; differentiable through the shared prompt."""
+    device = model.device
+    p_ids, p_mask = _left_pad([p for p, _ in groups], pad_id)
+    p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+    prompt_out = model(
+        input_ids=p_ids,
+        attention_mask=p_mask,
+        position_ids=(p_mask.cumsum(-1) - 1).clamp_min(0),
+        use_cache=True,
+        logits_to_keep=1,  # only the last prompt position scores a response token
+    )
+    owners = torch.tensor([g for g, (_, rs) in enumerate(groups) for _ in rs], device=device)
+    cache = prompt_out.past_key_values
+    cache.batch_select_indices(owners)
+    r_ids, r_attn, r_mask = pack_rows([([], r) for _, rs in groups for r in rs], pad_id)
+    r_ids, r_attn, r_mask = r_ids.to(device), r_attn.to(device), r_mask.to(device)
+    prompt_len = p_mask.sum(-1)[owners]
+    out = model(
+        input_ids=r_ids,
+        attention_mask=torch.cat([p_mask[owners], r_attn], dim=1),
+        position_ids=prompt_len[:, None] + torch.arange(r_ids.shape[1], device=device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    # logits that score response token t: the prompt's last position for t = 0, else t - 1
+    logits = torch.cat([prompt_out.logits[owners, -1:], out.logits[:, :-1]], dim=1).float()
+    picked = torch.gather(logits, 2, r_ids.unsqueeze(-1)).squeeze(-1)
+    per_token = (picked - torch.logsumexp(logits, dim=-1)) * r_mask
+    return per_token.sum(-1), r_mask.sum(-1)

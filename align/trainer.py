@@ -27,7 +27,7 @@ from align.config import PipelineConfig
 from align.errors import AlignError
 from align.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from align.logprobs import model_sequence_logps
-from align.losses import get_loss, kwise_loss
+from align.losses import best_worst_pairs, get_loss, kwise_loss
 from align.models import load_model, load_tokenizer
 from align.tokenize import encode_record
 
@@ -250,25 +250,8 @@ class Trainer:
                 )
                 self.acc.backward(losses.sum() / local)
             tokens += sum(len(p) + len(r) for p, r in pairs)
-            with torch.no_grad():  # logging: chosen = best reward, rejected = worst
-                r_fill = rewards.masked_fill(~mask, math.inf)
-                worst = r_fill.argmin(1)
-                best = rewards.masked_fill(~mask, -math.inf).argmax(1)
-                has = (
-                    rewards.gather(1, best[:, None]) > rewards.gather(1, worst[:, None])
-                ).squeeze(1)
-                rows = torch.arange(len(batch))
-                pol, implicit = policy.detach().cpu(), beta * (policy.detach().cpu() - ref)
-                sums["loss"] += losses.detach().sum().item()
-                if has.any():
-                    n_pref += int(has.sum())
-                    sums["logps/chosen"] += pol[rows, best][has].sum().item()
-                    sums["logps/rejected"] += pol[rows, worst][has].sum().item()
-                    rc, rr = implicit[rows, best][has], implicit[rows, worst][has]
-                    sums["rewards/chosen"] += rc.sum().item()
-                    sums["rewards/rejected"] += rr.sum().item()
-                    sums["rewards/margin"] += (rc - rr).sum().item()
-                    sums["rewards/accuracy"] += (rc > rr).double().sum().item()
+            sums["loss"] += losses.detach().sum().item()
+            n_pref += _add_pair_stats(sums, policy.detach().cpu(), ref, rewards, mask, beta)
         grad_norm = None
         if self.tc.max_grad_norm is not None:
             grad_norm = float(
@@ -343,6 +326,32 @@ class Trainer:
         }
         atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
+
+
+def _add_pair_stats(
+    sums: dict[str, float],
+    policy: torch.Tensor,
+    ref: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+) -> int:
+    """Add the logging sums of the rows that have a preference (chosen = highest reward,
+    rejected = lowest, as `best_worst_pairs` pairs them); returns how many rows counted."""
+    best, worst, has = best_worst_pairs(rewards, mask)
+    if not has.any():
+        return 0
+    rows = torch.arange(len(rewards))[has]
+    best, worst = best[has], worst[has]
+    implicit = beta * (policy - ref)
+    rc, rr = implicit[rows, best], implicit[rows, worst]
+    sums["logps/chosen"] += policy[rows, best].sum().item()
+    sums["logps/rejected"] += policy[rows, worst].sum().item()
+    sums["rewards/chosen"] += rc.sum().item()
+    sums["rewards/rejected"] += rr.sum().item()
+    sums["rewards/margin"] += (rc - rr).sum().item()
+    sums["rewards/accuracy"] += (rc > rr).double().sum().item()
+    return len(rows)
 
 
 def _nanmean(values: list[float]) -> float | None:

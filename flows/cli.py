@@ -91,13 +91,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         align_flow(args.pipeline, args.overrides, args.smoke)
     print(f"pipeline {cfg.name} finished in {time.time() - started:.1f}s")
+    evaluation = stage_folder(cfg, "evaluate") / "report.md"
+    if evaluation.is_file():
+        print(evaluation.read_text())
+    run_report = stage_folder(cfg, "report.md")  # written by the flow (flows/report.py)
     last = plan(cfg)[-1]
-    report = stage_folder(cfg, last.name) / (
-        "report.md" if last.name == "evaluate" else "manifest.json"
-    )
-    print(f"report: {report}")
-    if report.name == "report.md" and report.is_file():
-        print(report.read_text())
+    print(f"report: {run_report if run_report.is_file() else stage_folder(cfg, last.name)}")
     return 0
 
 

@@ -37,7 +37,7 @@ def test_prefect_flow_runs_then_caches_every_stage(project: Path) -> None:
     logs = first.stdout + first.stderr
     for stage in STAGES:
         assert re.search(rf"{stage} ran in", logs), f"{stage} did not run:\n{logs[-3000:]}"
-    assert "report: runs/quickstart-smoke/evaluate/report.md" in first.stdout
+    assert "report: runs/quickstart-smoke/report.md" in first.stdout
 
     second = _align(project, "run", "pipelines/quickstart.yaml", "--smoke")
     assert second.returncode == 0, second.stderr[-3000:]

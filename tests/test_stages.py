@@ -146,3 +146,16 @@ def test_sampling_resumes_after_sigkill(project: Path) -> None:
     uninterrupted = read_shards(project / "fresh" / "quickstart-smoke" / "sample")
     assert [r["id"] for r in resumed] == [r["id"] for r in uninterrupted]
     assert [r["responses"] for r in resumed] == [r["responses"] for r in uninterrupted]
+
+
+def test_annotate_with_a_reward_model_scores_every_response(project: Path) -> None:
+    """An HF sequence-classification reward model (a random tiny one) as the reward source:
+    the stored rewards equal the model's logit on the chat-formatted (prompt, response)."""
+    from align.models import resolve_model
+    from align.rewards import RewardModel
+
+    cfg, _ = _run_all(["annotate.reward={model: tiny-reward}", "evaluate=null", "judge=null"])
+    rec = read_shards(stage_folder(cfg, "annotate"))[0]
+    assert len(set(rec["rewards"])) > 1  # a random head still tells responses apart
+    direct = RewardModel(str(resolve_model("tiny-reward")))([rec["prompt"]], rec["responses"][:1], 1)
+    assert abs(direct[0] - rec["rewards"][0]) < 1e-4
