@@ -181,6 +181,8 @@ class TrainConfig(Strict):
     save_steps: int = Field(50, gt=0)
     keep_checkpoints: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
+    # run each prompt once and its K responses on its KV cache (off with gradient checkpointing)
+    share_prompt: bool = True
     seed: int = 0
 
     @model_validator(mode="after")

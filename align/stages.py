@@ -16,7 +16,7 @@ from align.config import PipelineConfig
 from align.data import load_records
 from align.evaluate import evaluate, reward_columns
 from align.io import sha256_tree
-from align.logprobs import model_sequence_logps
+from align.logprobs import shared_prompt_logps
 from align.models import cache_root, load_model, load_tokenizer, resolve_model, set_threads
 from align.records import chunks, read_shards, shard_path, write_shard
 from align.rewards import Scorer
@@ -85,23 +85,20 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
 def _ref_logps(
     model, tokenizer, records: list[dict], cfg: PipelineConfig
 ) -> list[tuple[list[float], list[int]]]:
-    pairs, owners = [], []
-    for i, rec in enumerate(records):
-        prompt, responses = encode_record(
-            tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length
-        )
-        pairs.extend((prompt, r) for r in responses)
-        owners.extend([i] * len(responses))
-    logps: list[float] = []
-    counts: list[int] = []
-    for batch in chunks(pairs, cfg.annotate.batch_size):
-        s, n = model_sequence_logps(model, batch, tokenizer.pad_token_id)
-        logps.extend(s.tolist())
-        counts.extend(n.tolist())
-    out: list[tuple[list[float], list[int]]] = [([], []) for _ in records]
-    for owner, lp, n in zip(owners, logps, counts, strict=True):
-        out[owner][0].append(lp)
-        out[owner][1].append(n)
+    """(reference log-probs [K], token counts [K]) per record; each prompt runs once, its
+    responses on its KV cache (`shared_prompt_logps`), about annotate.batch_size rows a pass."""
+    groups = [
+        encode_record(tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length)
+        for rec in records
+    ]
+    k = max(len(responses) for _, responses in groups)
+    out: list[tuple[list[float], list[int]]] = []
+    for batch in chunks(groups, max(1, cfg.annotate.batch_size // k)):
+        s, n = shared_prompt_logps(model, batch, tokenizer.pad_token_id)
+        s, n = s.tolist(), n.tolist()
+        for _, responses in batch:
+            out.append((s[: len(responses)], n[: len(responses)]))
+            s, n = s[len(responses) :], n[len(responses) :]
     return out
 
 

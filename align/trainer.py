@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from align.config import PipelineConfig
 from align.errors import AlignError
 from align.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
-from align.logprobs import model_sequence_logps
+from align.logprobs import model_sequence_logps, shared_prompt_logps
 from align.losses import best_worst_pairs, get_loss, kwise_loss
 from align.models import load_model, load_tokenizer
 from align.tokenize import encode_record
@@ -224,6 +224,15 @@ class Trainer:
         ]
         return [[self.examples[i] for i in m] for m in micro]
 
+    def _sequence_logps(
+        self, batch: list[Example], pairs: list[tuple[list[int], list[int]]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy log-probs of every (prompt, response) row, flattened in example order."""
+        if self.tc.share_prompt and not self.tc.gradient_checkpointing:
+            groups = [(e.prompt, e.responses) for e in batch]
+            return shared_prompt_logps(self.model, groups, self.tokenizer.pad_token_id)
+        return model_sequence_logps(self.model, pairs, self.tokenizer.pad_token_id)
+
     def train_step(self) -> dict[str, float]:
         beta = float(self.loss_params.get("beta", 1.0))
         sums = dict.fromkeys(LOG_KEYS, 0.0)
@@ -235,7 +244,7 @@ class Trainer:
             sync = m == len(micro_batches) - 1
             ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
             with ctx, self.acc.autocast():
-                logps, counts = model_sequence_logps(self.model, pairs, self.tokenizer.pad_token_id)
+                logps, counts = self._sequence_logps(batch, pairs)
                 device = logps.device
                 policy = _scatter(logps.double(), mask.to(device))
                 n_tok = _scatter(counts.double(), mask.to(device))

@@ -46,3 +46,21 @@ def test_padding_does_not_change_a_rows_log_prob() -> None:
     total2, _ = sequence_logps(logits, ids, resp)
     assert math.isclose(total2[0].item(), total2[1].item(), rel_tol=1e-6)
     assert count.tolist() == [2, 2] and total.shape == (2,)
+
+
+def test_shared_prompt_equals_full_rows_in_value_and_gradient() -> None:
+    """Each prompt once + its responses on the KV cache == every (prompt, response) row in full,
+    for ragged prompts (left padding) and ragged K."""
+    from align.logprobs import model_sequence_logps, shared_prompt_logps
+    from align.models import load_model, resolve_model
+
+    model = load_model(resolve_model("tiny"))
+    groups = [([5, 6, 7, 8], [[9, 10, 3], [11]]), ([5, 6], [[12, 13, 14, 15], [3, 4], [7]])]
+    pairs = [(p, r) for p, rs in groups for r in rs]
+    full, n_full = model_sequence_logps(model, pairs, pad_id=0)
+    grad_full = torch.autograd.grad(full.sum(), model.model.embed_tokens.weight)[0]
+    shared, n_shared = shared_prompt_logps(model, groups, pad_id=0)
+    grad_shared = torch.autograd.grad(shared.sum(), model.model.embed_tokens.weight)[0]
+    assert n_full.tolist() == n_shared.tolist() == [3, 1, 4, 2, 1]
+    assert torch.allclose(full, shared, atol=1e-5)
+    assert torch.allclose(grad_full, grad_shared, atol=1e-5)

@@ -32,7 +32,9 @@ def _run_all(overrides: list[str] | None = None):
 
 def test_every_stage_writes_its_outputs_and_second_run_is_cached(project: Path) -> None:
     cfg, ran = _run_all(["sample.k=3"])
-    assert ran == dict.fromkeys(["prepare-model", "sample", "annotate", "train", "evaluate"], True)
+    assert ran == dict.fromkeys(
+        ["prepare-model", "sample", "annotate", "train", "evaluate", "judge"], True
+    )
 
     samples = read_shards(stage_folder(cfg, "sample"))
     assert len(samples) == 4 and all(len(r["responses"]) == 3 for r in samples)
@@ -84,6 +86,7 @@ def test_changing_a_train_param_reruns_only_downstream(project: Path) -> None:
         "annotate": True,
         "train": False,
         "evaluate": False,
+        "judge": False,
     }
 
 
@@ -157,5 +160,7 @@ def test_annotate_with_a_reward_model_scores_every_response(project: Path) -> No
     cfg, _ = _run_all(["annotate.reward={model: tiny-reward}", "evaluate=null", "judge=null"])
     rec = read_shards(stage_folder(cfg, "annotate"))[0]
     assert len(set(rec["rewards"])) > 1  # a random head still tells responses apart
-    direct = RewardModel(str(resolve_model("tiny-reward")))([rec["prompt"]], rec["responses"][:1], 1)
+    direct = RewardModel(str(resolve_model("tiny-reward")))(
+        [rec["prompt"]], rec["responses"][:1], 1
+    )
     assert abs(direct[0] - rec["rewards"][0]) < 1e-4
