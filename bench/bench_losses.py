@@ -19,8 +19,9 @@ import torch
 from align.losses import LOSSES, kwise_loss
 
 
-def time_loss(name: str, policy: torch.Tensor, ref: torch.Tensor, rewards: torch.Tensor,
-              repeats: int) -> tuple[float, bool]:
+def time_loss(
+    name: str, policy: torch.Tensor, ref: torch.Tensor, rewards: torch.Tensor, repeats: int
+) -> tuple[float, bool]:
     """Median seconds of one forward + backward, and whether loss and gradient were finite."""
     times, finite = [], True
     for _ in range(repeats):

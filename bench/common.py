@@ -1,0 +1,106 @@
+"""Shared set-up for the benchmarks: models, fixed-length synthetic data, timing, peaks.
+
+Every benchmark measures the things it compares side by side in one process run (this machine
+is noisy) and prints ratios; absolute times are context only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from align.models import load_tokenizer, resolve_model
+
+WORDS = [
+    " the",
+    " cat",
+    " dog",
+    " sun",
+    " tree",
+    " house",
+    " blue",
+    " red",
+    " run",
+    " sky",
+    " water",
+    " stone",
+    " book",
+    " light",
+    " city",
+    " river",
+    " green",
+    " small",
+    " old",
+    " apples",
+    " books",
+    " coins",
+    " eggs",
+    " has",
+    " and",
+    " more",
+    " many",
+    " is",
+]
+
+
+def model_path(which: str) -> Path:
+    """'embedded' (SmolLM2-135M-Instruct) or 'tiny', built into the cache if needed."""
+    return Path(resolve_model(which))
+
+
+def words_text(tokenizer, n_tokens: int, rng: random.Random) -> str:
+    """Text of exactly `n_tokens` tokens (words that are one token in this tokenizer)."""
+    words = [w for w in WORDS if len(tokenizer(w, add_special_tokens=False).input_ids) == 1]
+    text = "".join(rng.choice(words) for _ in range(n_tokens))
+    if len(tokenizer(text, add_special_tokens=False).input_ids) != n_tokens:
+        raise RuntimeError("benchmark words do not tokenize to one token each")
+    return text
+
+
+def pair_rows(path: Path, n: int, prompt_len: int, response_len: int, seed: int = 0) -> list[dict]:
+    """n (prompt, chosen, rejected) texts: prompt_len prompt tokens, response_len - 1 response
+    tokens (+ the end-of-turn token both trainers append = response_len)."""
+    tok, rng = load_tokenizer(path), random.Random(seed)
+    return [
+        {
+            "prompt": words_text(tok, prompt_len, rng),
+            "chosen": words_text(tok, response_len - 1, rng),
+            "rejected": words_text(tok, response_len - 1, rng),
+        }
+        for _ in range(n)
+    ]
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Measured FLOP/s of an n x n matmul in `dtype` on this machine, now."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    seconds = median_time(lambda: a @ b, repeats, warmup=2)
+    return 2 * n**3 / seconds
+
+
+def threads() -> int:
+    n = len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def banner(title: str) -> None:
+    print(f"# {title}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} · torch {torch.__version__} · {threads()} threads")

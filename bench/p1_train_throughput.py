@@ -1,0 +1,171 @@
+"""P1 + P4 + P5: DPO training throughput and memory, ours vs TRL's DPOTrainer.
+
+Same model, same rows (prompt, chosen, rejected of fixed token lengths), same batch, AdamW,
+same learning rate; each setting runs in its own process (a clean accelerate state and its own
+peak RSS), one warm-up step and then `--steps` timed optimizer steps. Prints tokens/s per
+setting, the ratios the issue sets targets for, our achieved 6 * params * tokens FLOP/s over
+this CPU's matmul peak measured in the same run (P4), and peak RSS (P5). Exits non-zero if a
+setting disagrees with TRL on the first step's chosen log-probs (a fast wrong answer never
+counts).
+
+    python -m bench.p1_train_throughput [--model embedded|tiny] [--steps 3] [--batch 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import banner, matmul_peak, model_path, pair_rows
+
+SETTINGS = {
+    "TRL defaults fp32": ("trl", {"precompute": False, "bf16": False, "defaults": True}),
+    "TRL precomputed ref fp32": ("trl", {"precompute": True, "bf16": False}),
+    "TRL precomputed ref bf16": ("trl", {"precompute": True, "bf16": True}),
+    "ours fp32": ("ours", {"bf16": False, "share_prompt": False}),
+    "ours fp32 + shared prompt": ("ours", {"bf16": False, "share_prompt": True}),
+    "ours bf16 + shared prompt": ("ours", {"bf16": True, "share_prompt": True}),
+}
+TARGETS = [  # (label, ours, TRL, target ratio)
+    ("ours fp32 vs TRL defaults fp32", "ours fp32 + shared prompt", "TRL defaults fp32", 1.5),
+    ("ours fp32 vs TRL fastest fp32", "ours fp32 + shared prompt", "TRL precomputed ref fp32", 1.2),
+    ("ours bf16 vs TRL fastest bf16", "ours bf16 + shared prompt", "TRL precomputed ref bf16", 1.2),
+    ("our best vs TRL defaults fp32", "best", "TRL defaults fp32", 3.0),
+]
+
+
+def one(name: str, args: argparse.Namespace) -> dict:
+    """Run one setting in this process; returns seconds/step, first logps/chosen, peak RSS."""
+    side, opts = SETTINGS[name]
+    path = model_path(args.model)
+    rows = pair_rows(path, args.batch * (args.steps + 1), args.prompt_len, args.response_len)
+    with tempfile.TemporaryDirectory() as tmp:
+        if side == "trl":
+            from bench.trl_side import trl_run
+
+            seconds, logps = trl_run(path, rows, args.batch, args.steps, Path(tmp), **opts)
+        else:
+            seconds, logps = our_run(path, rows, args, Path(tmp), **opts)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "logps": logps, "peak_mb": peak_mb}
+
+
+def our_run(
+    path: Path,
+    rows: list[dict],
+    args: argparse.Namespace,
+    out: Path,
+    *,
+    bf16: bool,
+    share_prompt: bool,
+) -> tuple[float, float]:
+    from bench.ours import our_trainer
+
+    trainer = our_trainer(
+        path, rows, args.batch, out, bf16=bf16, share_prompt=share_prompt, max_steps=args.steps + 1
+    )
+    first = trainer.train_step()
+    trainer.step += 1
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - start)
+        trainer.step += 1
+    return sorted(times)[len(times) // 2], first["logps/chosen"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded", choices=["embedded", "tiny"])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--response-len", type=int, default=192)
+    parser.add_argument("--one", choices=list(SETTINGS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one(args.one, args)), flush=True)
+        return 0
+
+    banner(
+        f"P1/P4/P5 DPO train step, {args.model}, batch {args.batch}, "
+        f"{args.prompt_len} + 2 x {args.response_len} tokens"
+    )
+    tokens = args.batch * 2 * (args.prompt_len + args.response_len)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    res: dict[str, dict] = {}
+    for name in SETTINGS:
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.p1_train_throughput",
+            "--one",
+            name,
+            *(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "one"),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        res[name] = json.loads(line.removeprefix("RESULT "))
+        r = res[name]
+        print(
+            f"{name:<27} {r['seconds']:7.2f} s/step {tokens / r['seconds']:7.1f} tok/s  "
+            f"peak RSS {r['peak_mb']:6.0f} MB  first logps/chosen {r['logps']:.3f}",
+            flush=True,
+        )
+
+    tok_s = {name: tokens / r["seconds"] for name, r in res.items()}
+    tok_s["best"] = max(v for k, v in tok_s.items() if k.startswith("ours"))
+    print()
+    for label, ours, trl, target in TARGETS:
+        ratio = tok_s[ours] / tok_s[trl]
+        print(
+            f"P1 {label:<33} {ratio:5.2f}x (target >= {target}) "
+            f"{'met' if ratio >= target else 'NOT met'}"
+        )
+    n_params = _n_params(model_path(args.model))
+    for name, precision in (
+        ("ours fp32 + shared prompt", "fp32"),
+        ("ours bf16 + shared prompt", "bf16"),
+    ):
+        achieved = 6 * n_params * tok_s[name]
+        print(
+            f"P4 {name:<27} {achieved / 1e9:6.1f} GFLOP/s = {achieved / peaks[precision]:5.1%} "
+            f"of the {peaks[precision] / 1e9:.0f} GFLOP/s {precision} matmul peak (target >= 60 %)"
+        )
+    for ours, trl in (
+        ("ours fp32 + shared prompt", "TRL precomputed ref fp32"),
+        ("ours bf16 + shared prompt", "TRL precomputed ref bf16"),
+    ):
+        print(f"P5 peak RSS {ours} / {trl}: {res[ours]['peak_mb'] / res[trl]['peak_mb']:.2f}x")
+
+    reference = res["TRL defaults fp32"]["logps"]
+    wrong = [n for n, r in res.items() if not math.isclose(r["logps"], reference, rel_tol=2e-2)]
+    if wrong:
+        print(
+            f"first-step logps/chosen disagree with TRL ({reference:.3f}): {wrong}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def _n_params(path: Path) -> int:
+    from align.models import load_model
+
+    return sum(p.numel() for p in load_model(path).parameters())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
