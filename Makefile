@@ -14,7 +14,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install data run repro test test-fast lint format clean
+.PHONY: install data run repro test test-fast lint format clean serve stop
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,6 +36,15 @@ run: data
 
 repro: data
 	$(BIN)/dvc repro
+
+# A local Prefect server (127.0.0.1:4200, or a free port) and a process worker in the
+# background, PIDs and logs under .prefect/serve/, every pipeline deployed (docs/operations.md).
+serve: data
+	$(BIN)/python -m flows.serve start
+
+# Stops exactly the server and worker that `make serve` started.
+stop:
+	$(BIN)/python -m flows.serve stop
 
 test: data
 	$(BIN)/python -m pytest -q

@@ -7,10 +7,12 @@ display, safe in worker threads. Three figures:
               responses: the NCA paper's figure, where DPO-style losses push both down and NCA
               keeps the chosen one up
   margin.png  implicit reward margin (beta * log-ratio, chosen minus rejected) and accuracy
+and, when a judge stage reports MT-Bench scores per category, `judge-categories.png`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,8 +36,13 @@ FIGURES: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
 
 
 def series(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of one logged quantity, skipping rows that lack it."""
-    pairs = [(r["step"], r[key]) for r in rows if r.get(key) is not None and "step" in r]
+    """(steps, values) of one logged quantity, skipping rows that lack it or log NaN (a batch
+    whose responses all tie has no chosen or rejected one)."""
+    pairs = [
+        (r["step"], r[key])
+        for r in rows
+        if "step" in r and r.get(key) is not None and not math.isnan(r[key])
+    ]
     return [float(s) for s, _ in pairs], [float(v) for _, v in pairs]
 
 
@@ -74,3 +81,26 @@ def plot_training(rows: Sequence[dict], out_dir: Path) -> list[Path]:
         fig.savefig(out_dir / name)
         written.append(out_dir / name)
     return written
+
+
+def plot_categories(metrics: dict, out_dir: Path, prefix: str = "mtbench/category/") -> Path | None:
+    """Bar chart of the judge's mean score per category (`<prefix><category>` keys); None when
+    the metrics hold no scored category."""
+    scores = {
+        k.removeprefix(prefix): float(v)
+        for k, v in sorted(metrics.items())
+        if k.startswith(prefix) and isinstance(v, int | float)
+    }
+    if not scores:
+        return None
+    fig = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.barh(list(scores), list(scores.values()), color="tab:blue")
+    ax.set(title="Judge score by category", xlabel="mean score (1-10)", xlim=(0, 10))
+    ax.invert_yaxis()  # categories read top to bottom in alphabetical order
+    ax.grid(axis="x", alpha=0.3)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "judge-categories.png"
+    fig.savefig(path)
+    return path

@@ -1,17 +1,26 @@
 """The Prefect flow `align`: the pipeline's stages as tasks, in DAG order.
 
 Each task is submitted with its stage hash; an unchanged stage is a cache hit (Prefect's
-task cache) or, when its folder is current, returns at once (the manifest check).
+task cache) or, when its folder is current, returns at once (the manifest check). Before any
+stage, a preflight stops a pipeline that needs a GPU on a machine without one; after the last,
+the run report is written and published as artifacts (flows/report.py).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from prefect import flow
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
 import flows  # noqa: F401  (pins Prefect settings before Prefect loads)
-from align.config import load_pipeline
+from align.config import PipelineConfig, load_pipeline
+from align.errors import AlignError
+from align.models import BUILT_IN
 from align.pipeline import plan
+from flows.report import publish
 from tasks.annotate import annotate_task
 from tasks.evaluate import evaluate_task
 from tasks.judge import judge_task
@@ -29,11 +38,30 @@ STAGE_TASKS = {
 }
 
 
+def preflight(cfg: PipelineConfig, pipeline: str) -> None:
+    """Fail in one line, before any stage, when the policy is a hub model (a 7B-class recipe,
+    not a built-in or a local folder) and this machine has no CUDA device: on CPU such a run
+    would spend hours downloading and loading weights before it ever failed."""
+    hub = [
+        f"model.{role} {source!r}"
+        for role, source in (("policy", cfg.model.policy), ("reference", cfg.model.reference))
+        if source and source not in BUILT_IN and not Path(source).is_dir()
+    ]
+    if hub and not torch.cuda.is_available():
+        raise AlignError(
+            f"pipeline {cfg.name} needs a GPU: {' and '.join(hub)} "
+            f"{'is a hub model' if len(hub) == 1 else 'are hub models'} and this "
+            f"machine has no CUDA device; run it on a GPU machine (a worker there), or run its "
+            f"stage structure on the tiny model with smoke=True (`align run {pipeline} --smoke`)"
+        )
+
+
 @flow(name="align", log_prints=True)
 def align_flow(pipeline: str, overrides: list[str] | None = None, smoke: bool = False) -> dict:
     """Run every stage of `pipeline` (a YAML path) with `--set` overrides; returns the manifests."""
     overrides = list(overrides or [])
     cfg = load_pipeline(pipeline, overrides, smoke)
+    preflight(cfg, pipeline)
     logger = get_run_logger()
     manifests = {}
     upstream = None
@@ -45,4 +73,5 @@ def align_flow(pipeline: str, overrides: list[str] | None = None, smoke: bool = 
         manifests[p.name] = future.result()
         upstream = future
     logger.info("pipeline %s done: %s", cfg.name, ", ".join(manifests))
+    logger.info("report: %s", publish(cfg, manifests, run_id=flow_run.get_id()))
     return manifests

@@ -6,8 +6,8 @@ Artifacts (keys derived from the pipeline name, so each run adds a new version o
   <name>-<stage>      table: the metrics of each stage after training (evaluate, judge, ...)
   <name>-checkpoint   link: the final checkpoint folder
 Files, under runs/<name>/:
-  report.md and plots/{loss,logps,margin}.png   the same report, with the figures
-  train/MODEL_CARD.md                           lineage and training results of the checkpoint
+  report.md and plots/*.png     the same report, with the figures (align/plots.py)
+  train/MODEL_CARD.md           lineage and training results of the final checkpoint
 
 Everything is read back from what the stages left on disk (manifests, log.jsonl, metrics.json,
 report.md), so the report describes the files, whichever orchestrator produced them.
@@ -16,6 +16,7 @@ report.md), so the report describes the files, whichever orchestrator produced t
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,8 +32,8 @@ from prefect.artifacts import (
 
 from align.config import PipelineConfig
 from align.io import atomic_write_text
-from align.pipeline import code_version, stage_folder
-from align.plots import plot_training
+from align.pipeline import stage_folder
+from align.plots import plot_categories, plot_training
 
 CURVE_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/margin", "rewards/accuracy")
 LOG_COLUMNS = ("step", *CURVE_KEYS, "rewards/chosen", "rewards/rejected", "lr", "grad_norm")
@@ -93,14 +94,18 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def lineage(facts: RunFacts) -> list[tuple[str, str]]:
-    """(what, identity) rows: data, models, reward, code, then every stage hash."""
+def lineage(facts: RunFacts, upto: str | None = None) -> list[tuple[str, str]]:
+    """(what, identity) rows: data, models, reward, code, then the stage hashes (those up to
+    and including `upto` when given)."""
     m = facts.manifests
+    if upto in m:
+        names = list(m)
+        m = {k: m[k] for k in names[: names.index(upto) + 1]}
     prep = m.get("prepare-model", {}).get("summary", {})
     train_data = (m.get("sample") or m.get("annotate") or {}).get("inputs", {}).get("data")
     rows = [
-        ("training data (sha256)", train_data),
-        ("eval data (sha256)", m.get("evaluate", {}).get("inputs", {}).get("eval_data")),
+        ("training data", train_data),
+        ("eval data", m.get("evaluate", {}).get("inputs", {}).get("eval_data")),
         (
             "base model",
             f"{prep['policy']['source']} (weights sha256 {prep['policy']['hash']})"
@@ -114,7 +119,7 @@ def lineage(facts: RunFacts) -> list[tuple[str, str]]:
             else None,
         ),
         ("reward", m.get("annotate", {}).get("inputs", {}).get("reward")),
-        ("code version (align/)", code_version()),
+        ("code version (align/)", next(reversed(m.values()), {}).get("code_version")),
     ]
     rows += [(f"stage {name}", man.get("stage_hash")) for name, man in m.items()]
     return [(k, str(v)) for k, v in rows if v is not None]
@@ -124,7 +129,7 @@ def curve_summary(log: list[dict]) -> list[dict]:
     """First, last, min and max of each logged curve, one row per quantity."""
     rows = []
     for key in CURVE_KEYS:
-        values = [r[key] for r in log if r.get(key) is not None]
+        values = [r[key] for r in log if r.get(key) is not None and not math.isnan(r[key])]
         if values:
             rows.append(
                 {
@@ -144,9 +149,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _demote(markdown: str) -> str:
-    """A stage's own report nested under our headings: '# x' becomes '### x'."""
-    return re.sub(r"^(#+) ", r"\1## ", markdown, flags=re.MULTILINE)
+def _demote(markdown: str, top: int = 3) -> str:
+    """A stage's own report nested under our `##` headings: its highest heading becomes `top`
+    hashes deep, the others keep their depth below it."""
+    levels = [len(h) for h in re.findall(r"^(#+) ", markdown, flags=re.MULTILINE)]
+    shift = top - min(levels) if levels else 0
+    return re.sub(r"^(#+) ", lambda h: "#" * (len(h[1]) + shift) + " ", markdown, flags=re.M)
 
 
 def render(facts: RunFacts, plots: list[Path] | None = None, run_id: str | None = None) -> str:
@@ -158,7 +166,8 @@ def render(facts: RunFacts, plots: list[Path] | None = None, run_id: str | None 
         "",
         f"{cfg.description}".strip(),
         "",
-        f"Finished {when}" + (f" · flow run `{run_id}`" if run_id else "")
+        f"Finished {when}"
+        + (f" · flow run `{run_id}`" if run_id else "")
         + f" · stages: {' -> '.join(m)}",
         "",
         "## Lineage",
@@ -222,7 +231,7 @@ def model_card(facts: RunFacts) -> str:
             "",
             _table(
                 ["what", "identity"],
-                [list(r) for r in lineage(facts) if r[0] != "stage evaluate"],
+                [list(r) for r in lineage(facts, upto="train")],
             ),
             "",
             "## Training results",
@@ -233,16 +242,23 @@ def model_card(facts: RunFacts) -> str:
     )
 
 
-def _rounded(row: dict) -> dict:
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
+def _cell(value: Any) -> Any:
+    """A JSON-safe table cell: floats rounded, NaN (a step where every response tied) empty."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 6)
+    return value
 
 
-def write_files(facts: RunFacts) -> tuple[Path, list[Path]]:
+def write_files(facts: RunFacts, run_id: str | None = None) -> tuple[Path, list[Path]]:
     """runs/<name>/report.md with its PNG figures, and the model card; returns (report, plots)."""
     plots = plot_training(facts.log, facts.root / "plots") if facts.log else []
+    for metrics in facts.results.values():
+        bars = plot_categories(metrics, facts.root / "plots")
+        if bars:
+            plots.append(bars)
     report = facts.root / "report.md"
     rel = [p.relative_to(facts.root) for p in plots]
-    atomic_write_text(report, render(facts, rel))
+    atomic_write_text(report, render(facts, rel, run_id))
     if "train" in facts.manifests and facts.checkpoint.is_dir():
         atomic_write_text(facts.checkpoint.parent / CARD, model_card(facts))
     return report, plots
@@ -251,23 +267,23 @@ def write_files(facts: RunFacts) -> tuple[Path, list[Path]]:
 def publish(cfg: PipelineConfig, manifests: dict[str, dict], run_id: str | None = None) -> Path:
     """Write the report files and create the artifacts of this flow run; returns report.md."""
     facts = gather(cfg, manifests)
-    report, _ = write_files(facts)
+    report, _ = write_files(facts, run_id)
     key = slug(cfg.name)
     create_markdown_artifact(
         key=f"{key}-report",
-        markdown=render(facts, run_id=run_id) + f"\nReport with figures: `{report}`\n",
+        markdown=render(facts, run_id=run_id) + f"\nReport with figures: `{report.resolve()}`\n",
         description=f"{cfg.name}: config, lineage, training and evaluation",
     )
     if facts.log:
         create_table_artifact(
             key=f"{key}-train-log",
-            table=[_rounded({c: r.get(c) for c in LOG_COLUMNS if c in r}) for r in facts.log],
+            table=[{c: _cell(r[c]) for c in LOG_COLUMNS if c in r} for r in facts.log],
             description=f"{cfg.name}: training log, one row per optimizer step",
         )
     for stage, metrics in facts.results.items():
         create_table_artifact(
             key=f"{key}-{slug(stage)}",
-            table=[{"metric": k, "value": v} for k, v in metrics.items()],
+            table=[{"metric": k, "value": _cell(v)} for k, v in metrics.items()],
             description=f"{cfg.name}: {stage} results",
         )
     if facts.checkpoint.is_dir():

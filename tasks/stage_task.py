@@ -26,7 +26,9 @@ def _retry_unless_bad_input(task: Task, task_run, state) -> bool:
     return False
 
 
-def stage_task(stage: str, retries: int = 0, retry_delay_seconds: float = 5.0) -> Task:
+def stage_task(
+    stage: str, retries: int = 0, retry_delay_seconds: float | list[float] = 5.0
+) -> Task:
     @task(
         name=stage,
         task_run_name=stage,

@@ -17,7 +17,7 @@ from tests.conftest import REPO, venv_env
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["prepare-model", "sample", "annotate", "train", "evaluate"]
+STAGES = ["prepare-model", "sample", "annotate", "train", "evaluate", "judge"]
 
 
 def _align(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -88,6 +88,9 @@ def test_dvc_repro_skips_unchanged_and_reruns_downstream(project: Path) -> None:
     raw["sample"].update(max_new_tokens=6, batch_prompts=2)
     raw["train"].update(max_steps=2, max_length=96, max_prompt_length=64, precision="fp32")
     raw["evaluate"].update(max_new_tokens=6)
+    raw["judge"]["backend"] = {"kind": "local", "model": "tiny", "max_new_tokens": 4}
+    raw["judge"]["mtbench"].update(limit=1, max_new_tokens=4)
+    raw["judge"]["alpacaeval"].update(limit=2, max_new_tokens=4)
     (project / "pipelines/tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     _dvc(project, "init", "-q")
@@ -107,4 +110,4 @@ def test_dvc_repro_skips_unchanged_and_reruns_downstream(project: Path) -> None:
     (project / "pipelines/tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     third = _dvc(project, "repro")
     ran = set(re.findall(r"Running stage '([\w-]+)'", third))
-    assert ran == {"train", "evaluate"}, third[-2000:]
+    assert ran == {"train", "evaluate", "judge"}, third[-2000:]
