@@ -25,7 +25,23 @@ Dtype = Literal["float32", "bfloat16"]
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 numbers: PyYAML's 1.1 rules read `1e-3` as a string."""
+    """Safe loading (no Python tags) with YAML 1.2 numbers (PyYAML's 1.1 rules read `1e-3` as a
+    string) and duplicate keys refused (PyYAML keeps the last one without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key].line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, typing.Hashable):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -57,7 +73,6 @@ class ModelConfig(Strict):
     reference: str | None = None  # None: the policy's initial weights (the usual SFT reference)
     dtype: Dtype = "float32"  # weights as loaded; training precision is train.precision
     lora: LoraConfig | None = None
-    chat_template: str | None = None  # Jinja template for tokenizers that ship none
 
 
 DataFormat = Literal["prompts", "kwise", "ultrafeedback", "pairs"]
@@ -177,7 +192,9 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, fp32 master weights
     max_length: int = Field(1024, gt=0)  # prompt + response tokens
-    max_prompt_length: int = Field(512, gt=0)  # prompts keep their end when cut
+    max_prompt_length: int = Field(512, gt=0)  # prompt tokens (chat template included)
+    # a longer prompt: 'error' names the record; 'keep_end' cuts it from the left (NCA recipe)
+    prompt_overflow: Literal["error", "keep_end"] = "error"
     save_steps: int = Field(50, gt=0)
     keep_checkpoints: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
@@ -201,12 +218,31 @@ class EvaluateConfig(Strict):
     reward: RewardConfig | None = None  # default: annotate.reward
 
 
+class ScheduleConfig(Strict):
+    """When the Prefect deployment of this pipeline runs on its own (not part of any hash)."""
+
+    cron: str  # e.g. "0 2 * * *": nightly re-training at 02:00
+    timezone: str = "UTC"
+
+
 class SmokeConfig(Strict):
     set: dict[str, Any] = {}  # extra overrides `--smoke` applies after the global smoke profile
 
 
+def _inside_project(value: str | None, key: str) -> None:
+    """Output folders stay inside the project: relative, without '..' (R6)."""
+    if value is None:
+        return
+    path = Path(value)
+    if not value.strip() or path.is_absolute() or ".." in path.parts or value.startswith("~"):
+        raise ValueError(
+            f"{key}: {value!r} must be a relative folder inside the project without '..' "
+            "(outputs never go outside it), e.g. 'runs'"
+        )
+
+
 class PipelineConfig(Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: str  # names the run folder runs/<name>/: lowercase letters, digits, '.', '_', '-'
     description: str = ""
     model: ModelConfig
     data: DataConfig
@@ -216,7 +252,24 @@ class PipelineConfig(Strict):
     evaluate: EvaluateConfig | None = None
     judge: JudgeConfig | None = None  # MT-Bench / AlpacaEval on the trained policy
     smoke: SmokeConfig = SmokeConfig()
+    schedule: ScheduleConfig | None = None  # cron schedule of the Prefect deployment
     runs_dir: str = "runs"
+
+    @model_validator(mode="after")
+    def _paths(self) -> PipelineConfig:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name) or ".." in self.name:
+            raise ValueError(
+                f"name: {self.name!r} must start with a lowercase letter or digit and use only "
+                "a-z, 0-9, '.', '_', '-' (it names the folder runs/<name>/)"
+            )
+        _inside_project(self.runs_dir, "runs_dir")
+        if self.judge is not None:
+            _inside_project(self.judge.cache_dir, "judge.cache_dir")
+        for key in ("annotate", "evaluate"):
+            reward = getattr(getattr(self, key), "reward", None)
+            if reward is not None and reward.judge is not None:
+                _inside_project(reward.judge.cache_dir, f"{key}.reward.judge.cache_dir")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -282,7 +335,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
         raise AlignError(f"--set {text!r}: expected key.path=value, e.g. train.loss.beta=0.1")
-    return key, parse_yaml(value) if value else None
+    try:
+        return key, parse_yaml(value) if value else None
+    except yaml.YAMLError as exc:
+        problem = _yaml_problem(exc)[1].removesuffix("; fix the syntax")
+        raise AlignError(
+            f"--set {text!r}: the value is not valid YAML: {problem}; quote it, "
+            "e.g. --set 'train.loss={name: dpo, beta: 0.1}'"
+        ) from None
 
 
 def set_path(data: dict, key: str, value: Any) -> None:
@@ -347,9 +407,18 @@ def _format_error(err: dict) -> str:
             + (f"; valid keys here: {', '.join(valid)}" if valid else "")
         )
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # whole-pipeline checks name their keys in the message
+        return msg
     if err["type"] == "literal_error":
         msg = f"{err.get('input')!r} is not one of {err['ctx']['expected']}"
+    elif err["type"].endswith(("_parsing", "_type")) and _short_scalar(err.get("input")):
+        msg = f"{msg}; got {err['input']!r}"
     return f"{where}: {msg}"
+
+
+def _short_scalar(value: Any) -> bool:
+    """Whether a wrong value is worth echoing (short and plain: never a whole section)."""
+    return isinstance(value, str | int | float | bool) and len(repr(value)) <= 40
 
 
 def validate_dict(raw: Any, source: str) -> PipelineConfig:
@@ -363,16 +432,31 @@ def validate_dict(raw: Any, source: str) -> PipelineConfig:
         raise AlignError("; ".join(f"{source}: {line}" for line in lines)) from None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
+    """(' line L, column C' or '', what is wrong and how to fix it) for a YAML error."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if "could not determine a constructor for the tag" in problem:
+        tag = problem.split("tag", 1)[1].strip()
+        return where, f"unsupported tag {tag}; pipelines are plain YAML, remove the tag"
+    if problem.startswith("duplicate key"):
+        return where, problem
+    return where, f"malformed YAML ({problem}); fix the syntax"
+
+
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise AlignError(f"{path}: no such pipeline file (pipelines live in pipelines/<name>.yaml)")
     try:
-        raw = parse_yaml(path.read_text())
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise AlignError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the pipeline as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise AlignError(f"{path}:{where}: malformed YAML ({problem}); fix the syntax") from None
+        where, problem = _yaml_problem(exc)
+        raise AlignError(f"{path}:{where}: {problem}") from None
     return raw
 
 

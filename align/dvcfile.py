@@ -45,7 +45,7 @@ def render_dvc_yaml(cfg: PipelineConfig, pipeline_path: str) -> str:
         deps += [*p.data_deps, "align"]
         params = [s for s in sd.sections if s != "train.lengths"]
         if "train.lengths" in sd.sections:
-            params += ["train.max_length", "train.max_prompt_length"]
+            params += ["train.max_length", "train.max_prompt_length", "train.prompt_overflow"]
         stage: dict = {
             "cmd": f"align stage {pipeline_path} {p.name}",
             "deps": deps,

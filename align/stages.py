@@ -14,27 +14,53 @@ from tqdm.auto import tqdm
 
 from align.config import PipelineConfig
 from align.data import load_records
-from align.evaluate import evaluate, reward_columns
+from align.errors import AlignError
+from align.evaluate import RESERVED, evaluate
 from align.io import sha256_tree
 from align.logprobs import shared_prompt_logps
-from align.models import cache_root, load_model, load_tokenizer, resolve_model, set_threads
+from align.models import (
+    cache_root,
+    check_model_folder,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+    set_threads,
+)
 from align.records import chunks, read_shards, shard_path, write_shard
 from align.rewards import Scorer
 from align.sampling import generate
-from align.tokenize import encode_record
+from align.tokenize import check_prompt_lengths, encode_record
 
 
 def prepare_model_stage(
     cfg: PipelineConfig, out: Path, upstream: dict, _: str
 ) -> tuple[dict, list]:
+    """Resolve the policy and reference to local folders and check them before any other stage
+    loads them: safetensors weights, no custom code, a chat template, one shared vocabulary."""
     models = {"policy": cfg.model.policy, "reference": cfg.model.reference or cfg.model.policy}
     summary: dict = {}
+    vocab: dict[str, dict] = {}
     for role, source in models.items():
-        path = Path(resolve_model(source))
-        if not path.is_dir():
-            raise RuntimeError(f"model.{role}: {source!r} did not resolve to a local folder")
+        path = resolve_model(source, role)
+        vocab[role] = check_model_folder(path, role).get_vocab()
         summary[role] = {"source": source, "path": str(path), "hash": sha256_tree(path)}
+    if vocab["policy"] != vocab["reference"]:
+        raise AlignError(
+            f"model.reference: {models['reference']!r} has another vocabulary than model.policy "
+            f"{models['policy']!r} ({len(vocab['reference'])} vs {len(vocab['policy'])} tokens); "
+            "reference log-probs must score the policy's tokens: use a reference with the "
+            "policy's tokenizer, or remove model.reference to use the initial policy"
+        )
     return summary, [summary["policy"]["path"], summary["reference"]["path"]]
+
+
+def _source(cfg: PipelineConfig) -> str:
+    return f"data.train: {cfg.data.train.path or cfg.data.train.hf_dataset}"
+
+
+def _check_prompts(cfg: PipelineConfig, tokenizer, records: list[dict]) -> None:
+    if cfg.train.prompt_overflow == "error":
+        check_prompt_lengths(tokenizer, records, cfg.train.max_prompt_length, _source(cfg))
 
 
 def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
@@ -42,7 +68,9 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
     set_threads()
     records = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
     path = upstream["prepare-model"]["summary"]["policy"]["path"]
-    model, tokenizer = load_model(path, sc.dtype or cfg.model.dtype), load_tokenizer(path)
+    tokenizer = load_tokenizer(path)
+    _check_prompts(cfg, tokenizer, records)  # before generating: annotate would refuse them
+    model = load_model(path, sc.dtype or cfg.model.dtype)
     shards = chunks(records, sc.shard_size)
     started, new_tokens = time.perf_counter(), 0
     bar = tqdm(total=len(records), desc="sample", unit="prompt")
@@ -102,6 +130,36 @@ def _ref_logps(
     return out
 
 
+def _check_k(cfg: PipelineConfig, records: list[dict]) -> None:
+    """Dataset responses: every record needs the K the loss asks for (sampling checks sample.k
+    at validation)."""
+    from align.losses import get_loss
+
+    spec = get_loss(cfg.train.loss.name)
+    for i, rec in enumerate(records):
+        if len(rec["responses"]) < spec.min_k:
+            raise AlignError(
+                f"{_source(cfg)} record {i} (id {rec['id']}): {len(rec['responses'])} "
+                f"response(s) but train.loss {spec.name!r} needs K >= {spec.min_k}; "
+                f"give every record at least {spec.min_k} responses or drop it"
+            )
+
+
+def _score(scorer: Scorer, shard: list[dict]) -> None:
+    """Set `rewards` on every record of a shard with one scorer call (K may vary per record)."""
+    extra = [k for k in shard[0] if k not in RESERVED]
+    flat = scorer(
+        [r["prompt"] for r in shard for _ in r["responses"]],
+        [t for r in shard for t in r["responses"]],
+        {k: [r.get(k) for r in shard for _ in r["responses"]] for k in extra},
+        [f"record {r['id']!r} response {j}" for r in shard for j in range(len(r["responses"]))],
+    )
+    start = 0
+    for rec in shard:
+        rec["rewards"] = flat[start : start + len(rec["responses"])]
+        start += len(rec["responses"])
+
+
 def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
     ac = cfg.annotate
     set_threads()
@@ -109,9 +167,12 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
         records = read_shards(Path(cfg.runs_dir) / cfg.name / "sample")
     else:
         records = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
-    scorer = None if ac.reward.from_data else Scorer(ac.reward)
+        _check_k(cfg, records)
     path = upstream["prepare-model"]["summary"]["reference"]["path"]
-    model, tokenizer = load_model(path, cfg.model.dtype), load_tokenizer(path)
+    tokenizer = load_tokenizer(path, "reference")
+    _check_prompts(cfg, tokenizer, records)
+    scorer = None if ac.reward.from_data else Scorer(ac.reward, "annotate.reward")
+    model = load_model(path, cfg.model.dtype)
     shards = chunks(records, cfg.sample.shard_size if cfg.sample else 256)
     bar = tqdm(total=len(records), desc="annotate", unit="prompt")
     for si, shard in enumerate(shards):
@@ -120,14 +181,7 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
             bar.update(len(shard))
             continue
         if scorer is not None:
-            k = len(shard[0]["responses"])
-            flat = scorer(
-                [r["prompt"] for r in shard for _ in r["responses"]],
-                [t for r in shard for t in r["responses"]],
-                reward_columns(shard, k),
-            )
-            for j, rec in enumerate(shard):
-                rec["rewards"] = flat[j * k : (j + 1) * k]
+            _score(scorer, shard)
         for rec, (lp, n) in zip(shard, _ref_logps(model, tokenizer, shard, cfg), strict=True):
             rec["ref_logps"], rec["n_tokens"] = lp, n
         write_shard(target, shard)
@@ -172,6 +226,19 @@ def judge_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple
     trained = Path(cfg.runs_dir) / cfg.name / "train" / "model"
     generate_fn = hf_generate_fn(trained, cfg.model.dtype)
     metrics = run_judge(cfg.judge, generate_fn, out, cfg.name, cache_root() / "judgments")
+    judged = (
+        metrics.get("mtbench/n_judgments", 0)
+        - metrics.get("mtbench/n_failed", 0)
+        + metrics.get("alpacaeval/n_total", 0)  # AlpacaEval counts only the judged pairs
+    )
+    # A remote judge without a single verdict is misconfigured or unreachable (a weak local
+    # judge, like the smoke one, may fail every parse: those stay counted failures).
+    if cfg.judge.backend.kind == "openai" and metrics.get("judge/failed") and not judged:
+        raise AlignError(
+            f"judge: all {metrics['judge/failed']} judgments failed (reasons in {out}/report.md); "
+            f"check judge.backend (base_url {cfg.judge.backend.base_url}, api_key_env) and "
+            "re-run: nothing here counts as done"
+        )
     return metrics, []
 
 

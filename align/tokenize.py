@@ -1,12 +1,16 @@
 """Turn a prompt (messages) and its responses into token ids the way training and scoring see them.
 
-Prompt: the chat template with the generation prompt, cut from the left to keep its end (the
-NCA recipe's `keep_end`). Response: its text tokens plus the end-of-turn token, cut to fit.
+Prompt: the chat template with the generation prompt. A prompt over `train.max_prompt_length`
+is refused before any work (`check_prompt_lengths`), unless `train.prompt_overflow` is
+'keep_end': then it is cut from the left to keep its end (the NCA recipe). Response: its text
+tokens plus the end-of-turn token, cut to fit `train.max_length`.
 """
 
 from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
+
+from align.errors import AlignError
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
@@ -42,3 +46,20 @@ def encode_record(
         for text, done in zip(record["responses"], finished, strict=True)
     ]
     return prompt, responses
+
+
+def check_prompt_lengths(
+    tokenizer: PreTrainedTokenizerBase, records: list[dict], max_prompt_length: int, where: str
+) -> None:
+    """Refuse the first record whose templated prompt is longer than `max_prompt_length` tokens
+    (`where` names the data source, e.g. 'data.train: data/x.jsonl')."""
+    texts = [prompt_text(tokenizer, r["prompt"]) for r in records]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
+    for i, (rec, n) in enumerate(zip(records, lengths, strict=True)):
+        if n > max_prompt_length:
+            raise AlignError(
+                f"{where} record {i} (id {rec['id']}): the prompt is {n} tokens, over "
+                f"train.max_prompt_length {max_prompt_length}; raise train.max_prompt_length "
+                "(and train.max_length), shorten or drop the record, or set "
+                "train.prompt_overflow: keep_end to cut long prompts from the left"
+            )

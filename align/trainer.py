@@ -186,33 +186,71 @@ class Trainer:
         for old in kept[: -self.tc.keep_checkpoints]:
             shutil.rmtree(old)
 
+    def _checkpoint_step(self, ckpt: Path) -> int:
+        """The step of a complete checkpoint folder of this configuration; a foreign or unreadable
+        one is refused in one line (never resumed from, never silently skipped)."""
+        try:
+            state = read_json(ckpt / "state.json")
+            step, stage_hash = int(state["step"]), state["stage_hash"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise AlignError(
+                f"{ckpt}: unreadable checkpoint ({type(exc).__name__}); delete this folder to "
+                "resume from an earlier checkpoint or start over"
+            ) from None
+        if stage_hash != self.stage_hash:
+            raise AlignError(
+                f"{ckpt}: checkpoint of another configuration (stage hash {str(stage_hash)[:12]}, "
+                f"this run {self.stage_hash[:12]}); delete {ckpt.parent} to train from scratch"
+            )
+        return step
+
+    def _load_checkpoint(self, ckpt: Path) -> None:
+        model = self.acc.unwrap_model(self.model)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        try:
+            weights = load_file(ckpt / "trainable.safetensors")
+            missing = model.load_state_dict(weights, strict=False)
+            if missing.unexpected_keys or trainable - set(weights):
+                raise ValueError("its parameter names differ from this model's")
+            # weights_only: tensors and plain containers, never arbitrary pickled objects
+            state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+        except Exception as exc:  # safetensors, pickle and shape errors all mean: unusable
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise AlignError(
+                f"{ckpt}: checkpoint does not fit this model or is damaged "
+                f"({type(exc).__name__}: {first}); delete {ckpt.parent} to train from scratch"
+            ) from None
+
     def try_resume(self) -> None:
-        """Continue from the newest complete checkpoint of this exact configuration, if any."""
+        """Continue from the newest complete checkpoint of this exact configuration, if any.
+
+        Checkpoint folders appear only whole (atomic rename), so the newest one is complete;
+        log lines after its step (a step that ran but was not saved, or a torn last line) are
+        dropped: the log has no gap and no duplicate."""
+        for partial in (self.out / "checkpoints").glob(".step-*"):
+            shutil.rmtree(partial, ignore_errors=True)  # half-written by a killed run
         ckpts = sorted((self.out / "checkpoints").glob("step-*"))
-        ckpts = [
-            c
-            for c in ckpts
-            if (c / "state.json").is_file()
-            and read_json(c / "state.json")["stage_hash"] == self.stage_hash
-        ]
+        steps = [self._checkpoint_step(c) for c in ckpts]
         if not ckpts:
             return
         latest = ckpts[-1]
-        model = self.acc.unwrap_model(self.model)
-        missing = model.load_state_dict(load_file(latest / "trainable.safetensors"), strict=False)
-        if missing.unexpected_keys:
-            raise AlignError(f"checkpoint {latest} does not match this model; delete {self.out}")
-        state = torch.load(latest / "optimizer.pt", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        self.step = read_json(latest / "state.json")["step"]
+        self._load_checkpoint(latest)
+        self.step = steps[-1]
         log = self.out / "log.jsonl"
-        if log.exists():  # drop lines past the checkpoint: no gap, no duplicate
-            lines = [
-                ln for ln in log.read_text().splitlines() if json.loads(ln)["step"] <= self.step
-            ]
-            atomic_write_text(log, "".join(ln + "\n" for ln in lines))
+        if log.exists():
+            kept = []
+            for line in log.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # torn by the kill
+                step = row.get("step") if isinstance(row, dict) else None
+                if isinstance(step, int) and step <= self.step:
+                    kept.append(line)
+            atomic_write_text(log, "".join(ln + "\n" for ln in kept))
         tqdm.write(f"resuming from {latest} (step {self.step}/{self.total_steps})")
 
     # ---- one optimizer step --------------------------------------------------------------

@@ -98,7 +98,9 @@ def test_schema_error_in_a_written_pipeline(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "typo.yaml"
-    path.write_text(QUICKSTART.read_text().replace("  temperature: 1.0", "  temprature: 1.0"))
+    text = QUICKSTART.read_text()
+    assert "  temperature: 0.7" in text
+    path.write_text(text.replace("  temperature: 0.7", "  temprature: 0.7", 1))
     assert main(["validate", str(path)]) == 2
     line = error_line(capsys)
     assert line.startswith(

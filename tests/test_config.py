@@ -272,7 +272,8 @@ def test_prompt_length_must_be_below_max_length(make_pipeline: MakePipeline) -> 
 def test_reward_needs_exactly_one_source(make_pipeline: MakePipeline) -> None:
     path = make_pipeline(lambda d: d["annotate"]["reward"].update(model="tiny-reward"))
     assert error_of(path) == (
-        f"{path}: annotate.reward: set exactly one of 'function', 'model', 'judge' or 'from_data: true'"
+        f"{path}: annotate.reward: set exactly one of "
+        "'function', 'model', 'judge' or 'from_data: true'"
     )
 
 

@@ -21,13 +21,29 @@ from align.io import sha256_file
 RewardFn = Callable[..., list[float]]
 
 
+def _import(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AlignError(
+            f"reward.function: cannot import {module_name!r} ({exc}); check the module name "
+            "and that it is importable from the project folder"
+        ) from None
+    except Exception as exc:  # the module itself is broken: name it, do not show a traceback
+        raise AlignError(
+            f"reward.function: importing {module_name!r} raised {type(exc).__name__}: "
+            f"{_first_line(exc)}; fix the module"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_function(spec: str) -> RewardFn:
     module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AlignError(f"reward.function: cannot import {module_name!r} ({exc})") from None
-    fn = getattr(module, attr, None)
+    fn = getattr(_import(module_name), attr, None)
     if not callable(fn):
         raise AlignError(f"reward.function: {module_name!r} has no function {attr!r}")
     return fn
@@ -41,7 +57,7 @@ def reward_fingerprint(cfg: RewardConfig) -> str:
 
         return f"judge:{judge_fingerprint(cfg.judge.backend)}:{cfg.judge.template}"
     if cfg.function:
-        module = importlib.import_module(cfg.function.partition(":")[0])
+        module = _import(cfg.function.partition(":")[0])
         return f"{cfg.function}@{sha256_file(Path(module.__file__))[:16]}"
     return cfg.model or "from_data"
 
@@ -57,7 +73,9 @@ class RewardModel:
         path = resolve_model(source)
         self.tokenizer = load_tokenizer(path)
         self.tokenizer.padding_side = "right"
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=False
+        ).eval()
 
     @torch.no_grad()
     def __call__(
@@ -82,9 +100,12 @@ class RewardModel:
 
 
 class Scorer:
-    """Scores (prompt, completion) pairs with the configured reward; checks every value."""
+    """Scores (prompt, completion) pairs with the configured reward; checks every value.
 
-    def __init__(self, cfg: RewardConfig):
+    `field` names the YAML section in errors (e.g. 'annotate.reward')."""
+
+    def __init__(self, cfg: RewardConfig, field: str = "reward"):
+        self.field = field
         if cfg.from_data:
             raise AlignError("reward.from_data cannot score new responses; set function or model")
         self.cfg = cfg
@@ -98,22 +119,41 @@ class Scorer:
             self.judge = RewardJudge(cfg.judge, cache_root() / "judgments")
 
     def __call__(
-        self, prompts: list[list[dict]], completions: list[str], columns: dict[str, list]
+        self,
+        prompts: list[list[dict]],
+        completions: list[str],
+        columns: dict[str, list],
+        labels: list[str] | None = None,
     ) -> list[float]:
-        if self.fn is not None:
-            scores = list(self.fn(prompts, completions, **columns))
-        elif self.judge is not None:
-            scores = self.judge.rewards(prompts, completions)
-        else:
-            scores = self.rm(prompts, completions, self.cfg.batch_size)
-        name = self.cfg.function or self.cfg.model or "judge"
+        """One finite float per completion; `labels` name the completions in errors
+        (e.g. "record 'q1' response 2"), else their position."""
+        name = self.cfg.function or self.cfg.model
+        where = f"{self.field}: {name}" if name else f"{self.field}.judge"
+        if self.cfg.judge and self.cfg.judge.backend.base_url:
+            where += f" ({self.cfg.judge.backend.base_url})"
+        try:
+            if self.fn is not None:
+                scores = list(self.fn(prompts, completions, **columns))
+            elif self.judge is not None:
+                scores = self.judge.rewards(prompts, completions)
+            else:
+                scores = self.rm(prompts, completions, self.cfg.batch_size)
+        except AlignError as exc:
+            raise AlignError(f"{where}: {exc}") from None
+        except Exception as exc:  # user code: one line naming it, not a traceback
+            raise AlignError(
+                f"{where} raised {type(exc).__name__}: {_first_line(exc)}; fix the reward "
+                f"function (it got {len(completions)} completions)"
+            ) from None
         if len(scores) != len(completions):
             raise AlignError(
-                f"reward {name}: returned {len(scores)} scores for {len(completions)} completions"
+                f"{where}: returned {len(scores)} scores for {len(completions)} completions; "
+                "it must return one float per completion, in order"
             )
         for i, s in enumerate(scores):
-            if not isinstance(s, int | float) or not math.isfinite(s):
+            if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s):
+                label = labels[i] if labels else f"completion {i}"
                 raise AlignError(
-                    f"reward {name}: completion {i} got {s!r}; rewards must be finite numbers"
+                    f"{where}: {label} got {s!r}; rewards must be finite numbers, fix the reward"
                 )
         return [float(s) for s in scores]
