@@ -14,7 +14,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install data run repro test test-fast lint format clean serve stop
+.PHONY: install data run repro test test-fast bench lint format clean serve stop
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -51,6 +51,20 @@ test: data
 
 test-fast: data
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Side-by-side benchmarks (bench/, figures in BENCHMARKS.md); TRL is installed for P1/P2 only.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: data $(BENCH_STAMP)
+	$(BIN)/python -m bench.bench_losses
+	$(BIN)/python -m bench.p1_train_throughput --model tiny
+	$(BIN)/python -m bench.p1_train_throughput --model embedded
+	$(BIN)/python -m bench.p2_kwise_cost --model embedded
+	$(BIN)/python -m bench.p3_sampling --model embedded
+	$(BIN)/python -m bench.p6_rerun
 
 lint: install
 	$(BIN)/ruff check .
