@@ -36,10 +36,12 @@ from align.losses import dpo_loss
 
 __all__ = [
     "ENGLISH_STOPWORDS",
+    "bmc_batch_logps",
     "bmc_diff_masks",
     "bmc_dpo_loss",
     "bmc_token_weights",
     "bmc_weighted_logps",
+    "pad_rows",
     "stopword_token_ids",
     "weighted_sequence_logps",
 ]
@@ -213,4 +215,34 @@ def bmc_dpo_loss(
     """
     return dpo_loss(
         policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta, label=label
+    )
+
+
+def pad_rows(rows: Sequence[Sequence[float]], width: int, like: Tensor) -> Tensor:
+    """Right-pad per-response lists (diff masks, per-token log-probs) into ``[N, width]`` with
+    zeros, on ``like``'s device in float64."""
+    out = torch.zeros(len(rows), width, dtype=torch.float64, device=like.device)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    return out
+
+
+def bmc_batch_logps(
+    token_logps: Tensor,
+    response_mask: Tensor,
+    diff_masks: Sequence[Sequence[int]],
+    ref_token_logps: Sequence[Sequence[float]],
+    *,
+    delta: float,
+    ref_weights: Literal["policy", "reference"] = "reference",
+) -> tuple[Tensor, Tensor]:
+    """The trainer's BMC step: stored diff masks and reference per-token log-probs (one list
+    per response, as the rewrite stage wrote them) plus the policy's per-token log-probs
+    ``[N, R]`` and response mask ``[N, R]`` -> weighted sequence log-probs
+    ``(policy [N], reference [N])`` via ``bmc_weighted_logps``."""
+    width = token_logps.shape[1]
+    masks = pad_rows(diff_masks, width, token_logps)
+    ref = pad_rows(ref_token_logps, width, token_logps)
+    return bmc_weighted_logps(
+        token_logps.double(), ref, masks, response_mask, delta=delta, ref_weights=ref_weights
     )

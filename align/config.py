@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from align.errors import AlignError
-from align.judging.config import JudgeConfig, JudgeRewardConfig
+from align.judging.config import BackendConfig, JudgeConfig, JudgeRewardConfig
 
 Dtype = Literal["float32", "bfloat16"]
 
@@ -114,7 +114,18 @@ class SampleConfig(Strict):
     dtype: Dtype | None = (
         None  # generation precision; None: model.dtype (bfloat16 is ~1.7x faster on CPU)
     )
-    backend: Literal["hf"] = "hf"
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU machines with vLLM installed
+
+    @model_validator(mode="after")
+    def _backend_installed(self) -> SampleConfig:
+        from align.sampling_vllm import vllm_installed
+
+        if self.backend == "vllm" and not vllm_installed():
+            raise ValueError(
+                "backend: 'vllm' needs the vllm package, which is not installed here; install "
+                "it on the GPU machine (pip install vllm) or use backend: hf"
+            )
+        return self
 
 
 class RewardConfig(Strict):
@@ -136,10 +147,84 @@ class RewardConfig(Strict):
         return self
 
 
+class PreferenceConfig(Strict):
+    """Where an online run's labels p = P(y > y') come from (exactly one source)."""
+
+    reward: RewardConfig | None = None  # Bradley-Terry surrogate: p = sigmoid(scale (r - r'))
+    scale: float = Field(1.0, gt=0)  # BT only: sharpness of p in the reward difference
+    judge: JudgeRewardConfig | None = None  # pairwise LLM judge, both orders averaged
+    function: str | None = None  # 'module:function': fn(prompts, a, b, **columns) -> [P(a > b)]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PreferenceConfig:
+        chosen = [k for k in ("reward", "judge", "function") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "set exactly one of 'reward' (Bradley-Terry from a reward), 'judge' (pairwise "
+                "LLM judge) or 'function' (module:function returning P(a > b))"
+            )
+        if self.reward is not None and self.reward.from_data:
+            raise ValueError(
+                "reward.from_data cannot score sampled responses; set function or model"
+            )
+        if self.function and not re.fullmatch(r"[\w.]+:\w+", self.function):
+            raise ValueError(f"function: {self.function!r} must look like 'package.module:name'")
+        return self
+
+
+class RolloutConfig(Strict):
+    """Sampling inside online training (both models, KV-cached geometric mixture)."""
+
+    max_new_tokens: int = Field(64, gt=0)  # TRL OnlineDPOConfig default
+    temperature: float = Field(1.0, gt=0)  # 1: the policy's own distribution (on-policy)
+    top_p: float = Field(1.0, gt=0, le=1)
+    # log P(training sample > a reference sample) per step; one reference sample per prompt,
+    # drawn once (seeded by the prompt's index) and kept
+    win_rate: bool = True
+
+
 class AnnotateConfig(Strict):
     reward: RewardConfig
     ref_logps: bool = True  # precompute reference log-probs once (offline losses need them)
     batch_size: int = Field(8, gt=0)  # sequences per reference forward pass
+
+
+class AuxRewardConfig(Strict):
+    """One designer reward of UPO: a registered function (align/rewards/aux.py) and its weight."""
+
+    fn: str  # readability, brevity, lexical_diversity, safety
+    weight: float = Field(1.0, ge=0)
+    model: str | None = None  # safety only: a local HF sequence-classification folder
+
+    @model_validator(mode="after")
+    def _known(self) -> AuxRewardConfig:
+        from align.rewards.aux import AUX_REWARDS, needs_model
+
+        if self.fn not in AUX_REWARDS:
+            hint = difflib.get_close_matches(self.fn, list(AUX_REWARDS), n=1)
+            raise ValueError(
+                f"fn: unknown auxiliary reward {self.fn!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; valid: {', '.join(AUX_REWARDS)}"
+            )
+        if needs_model(self.fn) != (self.model is not None):
+            raise ValueError(
+                f"model: {self.fn!r} needs a classifier folder in 'model'"
+                if self.model is None
+                else f"model: only 'safety' takes a model; remove it from {self.fn!r}"
+            )
+        return self
+
+
+class RewriteConfig(Strict):
+    """BMC's bridging stage: an LLM minimally edits each loser towards its winner."""
+
+    method: Literal["bmc"] = "bmc"
+    backend: BackendConfig  # the judge backends: local HF (offline default) or OpenAI-compatible
+    # a rewrite longer than this many times the loser (in tokens, plus 16) is cut by rule
+    max_length_ratio: float = Field(2.0, ge=1)
+    cache_dir: str | None = None  # rewrite cache; None: <cache root>/rewrites
+    shard_size: int = Field(32, gt=0)  # pairs per shard: the unit a killed run resumes from
 
 
 class LossConfig(BaseModel):
@@ -163,6 +248,10 @@ class LossConfig(BaseModel):
                     + f"; valid: {', '.join(spec.params)}"
                 )
             default = spec.params[key]
+            if isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ValueError(f"{key}: must be a name, got {value!r}")
+                continue
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise ValueError(f"{key}: must be true or false, got {value!r}")
             if not isinstance(default, bool) and (
@@ -177,6 +266,15 @@ class LossConfig(BaseModel):
         from align.losses import get_loss
 
         return {**get_loss(self.name).params, **(self.model_extra or {})}
+
+
+class DistributedConfig(Strict):
+    """Multi-process training under `accelerate launch` (docs/operations.md)."""
+
+    num_processes: int = Field(gt=0)  # one per GPU; train.batch_size is per process
+    # an accelerate config file (configs/accelerate/ddp.yaml, fsdp.yaml, zero3.yaml);
+    # None: plain DDP (gloo on CPU, NCCL on GPUs)
+    config: str | None = None
 
 
 class TrainConfig(Strict):
@@ -201,6 +299,16 @@ class TrainConfig(Strict):
     # run each prompt once and its K responses on its KV cache (off with gradient checkpointing)
     share_prompt: bool = True
     seed: int = 0
+    # online alignment (docs/online.md): sample a pair per prompt every step, label it with
+    # `preference`, update with an online loss (online_ipo, ipo_md, nash_md_pg, ...)
+    online: bool = False
+    preference: PreferenceConfig | None = None
+    # UPO's designer rewards, computed once by annotate on every response: R = sum_i w_i r_i
+    aux_rewards: list[AuxRewardConfig] = []
+    rollout: RolloutConfig = RolloutConfig()
+    # None: one process; set: `accelerate launch` with num_processes (global batch =
+    # batch_size x grad_accum x num_processes)
+    distributed: DistributedConfig | None = None
 
     @model_validator(mode="after")
     def _lengths(self) -> TrainConfig:
@@ -247,7 +355,8 @@ class PipelineConfig(Strict):
     model: ModelConfig
     data: DataConfig
     sample: SampleConfig | None = None  # None: the dataset already holds the responses
-    annotate: AnnotateConfig
+    annotate: AnnotateConfig | None = None  # None only with train.online (it labels its own pairs)
+    rewrite: RewriteConfig | None = None  # BMC: pseudo-winners between annotate and train
     train: TrainConfig
     evaluate: EvaluateConfig | None = None
     judge: JudgeConfig | None = None  # MT-Bench / AlpacaEval on the trained policy
@@ -265,16 +374,41 @@ class PipelineConfig(Strict):
         _inside_project(self.runs_dir, "runs_dir")
         if self.judge is not None:
             _inside_project(self.judge.cache_dir, "judge.cache_dir")
-        for key in ("annotate", "evaluate"):
-            reward = getattr(getattr(self, key), "reward", None)
+        if self.rewrite is not None:
+            _inside_project(self.rewrite.cache_dir, "rewrite.cache_dir")
+        for key in ("annotate", "evaluate", "train.preference"):
+            reward = getattr(section_model(self, key), "reward", None)
             if reward is not None and reward.judge is not None:
                 _inside_project(reward.judge.cache_dir, f"{key}.reward.judge.cache_dir")
+        if self.train.preference is not None and self.train.preference.judge is not None:
+            _inside_project(
+                self.train.preference.judge.cache_dir, "train.preference.judge.cache_dir"
+            )
         return self
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
         from align.losses import get_loss
 
+        _check_distributed(self)
+        if self.train.online:
+            _check_online(self)
+            return self
+        if get_loss(self.train.loss.name).kind == "online":
+            raise ValueError(
+                f"train.loss: {self.train.loss.name!r} is an online loss; set train.online: true "
+                "(and train.preference), or pick an offline loss such as ipo or dpo"
+            )
+        if self.annotate is None:
+            raise ValueError(
+                "annotate: required (rewards and reference log-probs for offline training); "
+                "or set train.online: true to sample and label pairs during training"
+            )
+        if self.train.preference is not None:
+            raise ValueError(
+                "train.preference: only used with train.online: true; set it or remove preference"
+            )
+        _check_bmc_upo(self)
         fmt = self.data.train.format
         if self.sample is not None and fmt != "prompts":
             raise ValueError(
@@ -299,7 +433,117 @@ class PipelineConfig(Strict):
 
     @property
     def eval_reward(self) -> RewardConfig:
-        return (self.evaluate and self.evaluate.reward) or self.annotate.reward
+        """evaluate.reward, else annotate's reward, else an online run's Bradley-Terry reward."""
+        if self.evaluate and self.evaluate.reward:
+            return self.evaluate.reward
+        if self.annotate is not None:
+            return self.annotate.reward
+        return self.train.preference.reward
+
+
+def section_model(cfg: PipelineConfig, key: str) -> Any:
+    """The config object at a dotted key ('train.preference'), None where a level is unset."""
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def _check_bmc_upo(cfg: PipelineConfig) -> None:
+    """The rewrite stage feeds pair losses only; dpo_bmc needs it; upo needs aux rewards."""
+    from align.losses import get_loss
+
+    spec = get_loss(cfg.train.loss.name)
+    name = cfg.train.loss.name
+    if spec.token_weights == "bmc" and cfg.rewrite is None:
+        raise ValueError(
+            f"train.loss: {name!r} trains on the rewrite stage's diff masks; add "
+            "'rewrite: {method: bmc, backend: {kind: local, model: embedded}}' or use 'dpo'"
+        )
+    if cfg.rewrite is not None and spec.kind != "pair":
+        raise ValueError(
+            f"rewrite: makes (pseudo-winner, loser) pairs but train.loss {name!r} is not a pair "
+            "loss; use dpo_bmc (or dpo, ipo, nca_pair, ...) or remove 'rewrite'"
+        )
+    if spec.kind == "upo" and not cfg.train.aux_rewards:
+        raise ValueError(
+            "train.aux_rewards: loss 'upo' needs at least one auxiliary reward, e.g. "
+            "[{fn: readability, weight: 1.0}]"
+        )
+
+
+def _check_distributed(cfg: PipelineConfig) -> None:
+    """train.distributed: an offline loss, a launchable accelerate config; sharded strategies
+    (FSDP, DeepSpeed) train full weights, DeepSpeed without our gradient accumulation."""
+    from align.launch import SHARDED, accelerate_strategy
+
+    dist = cfg.train.distributed
+    if dist is None:
+        return
+    if cfg.train.online:
+        raise ValueError(
+            "train.distributed: online training runs in one process; remove train.distributed "
+            "or use an offline loss"
+        )
+    try:
+        strategy = accelerate_strategy(dist.config)
+    except ValueError as exc:
+        raise ValueError(f"train.distributed.config: {exc}") from None
+    if strategy in SHARDED and cfg.model.lora is not None:
+        raise ValueError(
+            f"train.distributed.config: {dist.config} shards the model ({strategy}) but "
+            "model.lora is set; use configs/accelerate/ddp.yaml (a LoRA model's base weights fit "
+            "each GPU) or remove model.lora"
+        )
+    if strategy == "DEEPSPEED" and cfg.train.grad_accum != 1:
+        raise ValueError(
+            f"train.grad_accum: must be 1 with DeepSpeed ({dist.config}), which accumulates "
+            "inside its engine; raise train.batch_size or train.distributed.num_processes instead"
+        )
+
+
+def _check_online(cfg: PipelineConfig) -> None:
+    """An online pipeline: prepare-model -> train -> evaluate, prompts only, an online loss and a
+    preference source."""
+    from align.losses import LOSSES, get_loss
+
+    online = sorted(n for n, s in LOSSES.items() if s.kind == "online")
+    if get_loss(cfg.train.loss.name).kind != "online":
+        raise ValueError(
+            f"train.loss: {cfg.train.loss.name!r} is an offline loss but train.online is true; "
+            f"use one of {', '.join(online)}, or set train.online: false"
+        )
+    if cfg.train.preference is None:
+        raise ValueError(
+            "train.preference: required with train.online: true; set reward (Bradley-Terry), "
+            "judge (pairwise LLM judge) or function (module:function)"
+        )
+    for key in ("sample", "annotate"):
+        if getattr(cfg, key) is not None:
+            raise ValueError(
+                f"{key}: an online pipeline samples and labels its pairs inside train; remove "
+                f"'{key}' (or set train.online: false)"
+            )
+    tc = cfg.train
+    if tc.max_prompt_length + tc.rollout.max_new_tokens > tc.max_length:
+        raise ValueError(
+            f"train.rollout.max_new_tokens ({tc.rollout.max_new_tokens}) + train.max_prompt_length "
+            f"({tc.max_prompt_length}) must fit in train.max_length ({tc.max_length}); raise "
+            "max_length or lower one of the others"
+        )
+    if cfg.data.train.format != "prompts":
+        raise ValueError(
+            f"data.train.format is {cfg.data.train.format!r} but train.online needs prompts only; "
+            "use format 'prompts'"
+        )
+    if cfg.evaluate is not None:
+        if cfg.data.eval is None:
+            raise ValueError("evaluate needs data.eval (held-out prompts)")
+        if cfg.evaluate.reward is None and cfg.train.preference.reward is None:
+            raise ValueError(
+                "evaluate.reward: required when train.preference is not a reward (a judge or a "
+                "function gives no score to evaluate with)"
+            )
 
 
 # Applied by --smoke before the pipeline's own `smoke.set`: the exact stage structure on the
@@ -327,6 +571,10 @@ SMOKE_IF_PRESENT = {
     "judge.mtbench": {"judge.mtbench.limit": 2, "judge.mtbench.max_new_tokens": 8},
     "judge.alpacaeval": {"judge.alpacaeval.limit": 3, "judge.alpacaeval.max_new_tokens": 8},
     "annotate.reward.judge": {"annotate.reward.judge.backend": SMOKE_JUDGE},
+    "train.preference.judge": {"train.preference.judge.backend": SMOKE_JUDGE},
+    "train.online": {"train.rollout.max_new_tokens": 8},
+    "rewrite": {"rewrite.backend": SMOKE_JUDGE},
+    "train.preference.reward.judge": {"train.preference.reward.judge.backend": SMOKE_JUDGE},
 }
 
 

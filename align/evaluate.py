@@ -14,9 +14,19 @@ from align.io import atomic_write_json, atomic_write_text
 from align.models import load_model, load_tokenizer
 from align.records import chunks
 from align.rewards import Scorer
+from align.rewards.aux import combined_aux_rewards
 from align.sampling import generate
 
-RESERVED = {"id", "prompt", "responses", "rewards", "finished", "ref_logps", "n_tokens"}
+RESERVED = {
+    "id",
+    "prompt",
+    "responses",
+    "rewards",
+    "finished",
+    "ref_logps",
+    "n_tokens",
+    "aux_rewards",
+}
 
 
 def reward_columns(records: list[dict], repeat: int = 1) -> dict[str, list]:
@@ -51,10 +61,12 @@ def evaluate(cfg: PipelineConfig, initial: Path, trained: Path, out: Path) -> di
     records = load_records(cfg.data.eval, cfg.data.system_prompt, "data.eval")[: cfg.evaluate.limit]
     scorer = Scorer(cfg.eval_reward)
     prompts, columns = [r["prompt"] for r in records], reward_columns(records)
-    scores = {}
+    scores, aux = {}, {}
     for label, path in (("initial", initial), ("trained", trained)):
         texts = answer(path, records, cfg, label)
         scores[label] = scorer(prompts, texts, columns)
+        if cfg.train.aux_rewards:  # UPO's designer reward R of the held-out answers
+            aux[label] = combined_aux_rewards(cfg.train.aux_rewards, texts)
         rows = [
             {"id": r["id"], "prompt": r["prompt"], "response": t, "reward": s}
             for r, t, s in zip(records, texts, scores[label], strict=True)
@@ -73,6 +85,9 @@ def evaluate(cfg: PipelineConfig, initial: Path, trained: Path, out: Path) -> di
         "reward/trained": sum(scores["trained"]) / n,
         "win_rate/trained_vs_initial": sum(wins) / n,
     }
+    for label, (total, parts) in aux.items():
+        metrics[f"aux_reward/{label}"] = sum(total) / n
+        metrics.update({f"aux/{fn}/{label}": mean for fn, mean in parts.items()})
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", render_report(cfg, metrics))
     return metrics

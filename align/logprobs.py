@@ -75,7 +75,34 @@ def shared_prompt_logps(
     model, groups: list[tuple[list[int], list[list[int]]]], pad_id: int
 ) -> tuple[Tensor, Tensor]:
     """Summed response log-probs [N] and token counts [N] for groups (prompt, [responses]),
-    flattened in group order, running each prompt through the model once.
+    flattened in group order, running each prompt through the model once
+    (`shared_prompt_token_logps` summed over tokens)."""
+    per_token, r_mask = shared_prompt_token_logps(model, groups, pad_id)
+    return per_token.sum(-1), r_mask.sum(-1)
+
+
+def packed_token_logps(
+    model, pairs: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """Per-token response log-probs [N, R] and response mask [N, R] (R the longest response),
+    position j scoring response token j, from one forward pass over the packed rows."""
+    ids, attn, resp = pack_rows(pairs, pad_id)
+    ids, attn, resp = ids.to(model.device), attn.to(model.device), resp.to(model.device)
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+    per_token = token_logps(logits, ids, resp)  # [N, T-1]: position t scores token t+1
+    width = max(len(r) for _, r in pairs)
+    j = torch.arange(width, device=ids.device)
+    start = torch.tensor([len(p) - 1 for p, _ in pairs], device=ids.device)
+    r_mask = j[None, :] < torch.tensor([len(r) for _, r in pairs], device=ids.device)[:, None]
+    index = (start[:, None] + j[None, :]).clamp(max=per_token.shape[1] - 1)
+    return per_token.gather(1, index) * r_mask, r_mask
+
+
+def shared_prompt_token_logps(
+    model, groups: list[tuple[list[int], list[list[int]]]], pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """Per-token response log-probs [N, R] and response mask [N, R] for groups
+    (prompt, [responses]), flattened in group order, running each prompt through the model once.
 
     The prompts (left-padded) fill a KV cache; each prompt's cache rows are repeated for its
     responses, which run right-padded on top with positions continuing after their prompt.
@@ -108,5 +135,4 @@ def shared_prompt_logps(
     # logits that score response token t: the prompt's last position for t = 0, else t - 1
     logits = torch.cat([prompt_out.logits[owners, -1:], out.logits[:, :-1]], dim=1).float()
     picked = torch.gather(logits, 2, r_ids.unsqueeze(-1)).squeeze(-1)
-    per_token = (picked - torch.logsumexp(logits, dim=-1)) * r_mask
-    return per_token.sum(-1), r_mask.sum(-1)
+    return (picked - torch.logsumexp(logits, dim=-1)) * r_mask, r_mask

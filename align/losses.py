@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from align.upo import upo_loss
+
 __all__ = [
     "LOSSES",
     "LossSpec",
@@ -51,8 +53,10 @@ __all__ = [
     "infonca_loss",
     "ipo_loss",
     "kwise_loss",
+    "nash_md_pg_loss",
     "nca_loss",
     "nca_pair_loss",
+    "online_loss",
     "reward_labels",
     "slic_loss",
 ]
@@ -299,6 +303,64 @@ def nca_pair_loss(
 
 
 # ---------------------------------------------------------------------------------------------
+# online losses (spec section 2): pairs sampled during training, labelled p = P(y > y')
+
+
+def nash_md_pg_loss(
+    policy_logps: Tensor, ref_logps: Tensor, *, tau: float, label: float | Tensor
+) -> Tensor:
+    """Nash-MD-PG surrogate for one policy sample y against an opponent y' from the mixture.
+
+    ``loss = -sg[p - 1/2 - tau * (log pi(y) - log ref(y))] * log pi(y)``, whose gradient is
+    minus the spec's estimator ``grad log pi(y) [P(y > y') - 1/2 - tau log(pi(y)/ref(y))]``:
+    the 1/2 is a control variate, the tau term the KL regulariser (sequence level, not TRL's
+    per-token approximation). policy_logps, ref_logps: ``[B]`` summed log-probs of y; label
+    ``p``: float or ``[B]``. Returns ``[B]``.
+
+    Munos et al., "Nash Learning from Human Feedback", arXiv 2312.00886, section 7.
+    """
+    dtype = _compute_dtype(policy_logps.dtype)
+    policy = policy_logps.to(dtype)
+    p = _label(label, policy)
+    advantage = (p - 0.5 - tau * (policy - ref_logps.to(dtype))).detach()
+    return -advantage * policy
+
+
+def _online_dpo(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, tau: float, label) -> Tensor:
+    return dpo_loss(pc, pr, rc, rr, beta=tau, label=label)  # spec 2.6: -log sigmoid(tau h)
+
+
+def _online_slic(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, tau: float, label) -> Tensor:
+    return slic_loss(pc, pr, rc, rr, beta=tau, label=label)  # spec 2.6: max(0, 1 - tau h)
+
+
+def online_loss(
+    name: str, policy_logps: Tensor, ref_logps: Tensor, label: Tensor, **params: float
+) -> Tensor:
+    """An online loss on sampled pairs; the online trainer's one entry point.
+
+    policy_logps, ref_logps: ``[B, 2]`` summed log-probs of (y, y'); label ``[B]`` = P(y > y').
+    ``beta`` (the mixture weight) only steers sampling and is ignored here. Contrastive losses
+    use the soft-label form ``p l(y, y') + (1 - p) l(y', y)``; ``nash_md_pg`` uses y alone (its
+    opponent enters through p). Returns ``[B]``.
+    """
+    spec = get_loss(name)
+    if spec.kind != "online":
+        raise ValueError(f"loss {name!r} is not an online loss")
+    settings = {k: v for k, v in check_params(name, params).items() if k != "beta"}
+    if name == "nash_md_pg":
+        return spec.fn(policy_logps[:, 0], ref_logps[:, 0], label=label, **settings)
+    return spec.fn(
+        policy_logps[:, 0],
+        policy_logps[:, 1],
+        ref_logps[:, 0],
+        ref_logps[:, 1],
+        label=label,
+        **settings,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # registry
 
 
@@ -308,12 +370,17 @@ class LossSpec:
 
     name: str  # YAML name
     fn: Callable[..., Tensor]
-    kind: Literal["kwise", "pair"]
-    params: dict[str, float | bool]  # YAML-settable parameters and their defaults
+    kind: Literal[
+        "kwise", "pair", "online", "upo"
+    ]  # online: pairs sampled in training (train.online)
+    params: dict[str, float | bool | str]  # YAML-settable parameters and their defaults
     min_k: int = 2  # a row needs this many valid responses to count
+    # "bmc": the trainer weights token log-probs by the rewrite stage's diff masks before the
+    # loss (align/bmc.py); `delta` and `ref_weights` steer that weighting, not `fn`
+    token_weights: Literal["bmc"] | None = None
 
 
-LOSSES: dict[str, LossSpec] = {
+_PLAIN: dict[str, LossSpec] = {
     # beta 0.01: NCA README and YAML (summed log-probs). alpha 1.0: soft labels on 1-10 scores;
     # the official code's 1e-4 gives one-hot labels (module docstring).
     "nca": LossSpec(
@@ -332,6 +399,52 @@ LOSSES: dict[str, LossSpec] = {
     # beta 0.01: TRL's paper index for nca_pair (NCA paper, section C).
     "nca_pair": LossSpec("nca_pair", nca_pair_loss, "pair", {"beta": 0.01}),
 }
+LOSSES: dict[str, LossSpec] = {
+    **_PLAIN,
+    # Online family (spec section 2.7, [secondary]): tau is the KL strength, beta the weight of
+    # the reference in the sampling mixture. tau per the IPO-MD paper's selected values.
+    "online_ipo": LossSpec("online_ipo", ipo_loss, "online", {"tau": 1.0}),
+    "ipo_md": LossSpec("ipo_md", ipo_loss, "online", {"tau": 1.0, "beta": 0.125}),
+    "nash_md_pg": LossSpec("nash_md_pg", nash_md_pg_loss, "online", {"tau": 0.008, "beta": 0.125}),
+    "online_dpo": LossSpec("online_dpo", _online_dpo, "online", {"tau": 5.0}),
+    "online_slic": LossSpec("online_slic", _online_slic, "online", {"tau": 10.0}),
+    # BMC (spec section 3): the pair loss on diff-mask-weighted log-probs of (pseudo-winner,
+    # loser). delta 2.0: the official config default; ref_weights: the official code's choice.
+    **{
+        f"{base}_bmc": LossSpec(
+            f"{base}_bmc",
+            _PLAIN[base].fn,
+            "pair",
+            {**_PLAIN[base].params, "delta": 2.0, "ref_weights": "reference"},
+            token_weights="bmc",
+        )
+        for base in ("dpo", "ipo", "nca_pair")
+    },
+    # UPO (spec section 4): `preference` names the wrapped loss, which takes the keys it shares
+    # with these; gamma, lambda, value_coef from the paper, expectile and warm-up the spec's.
+    # max_weight 0 = no clip. value_lr: the value head's own learning rate (our choice: the
+    # policy's 5e-7 would leave a freshly initialised head near zero for the whole run).
+    "upo": LossSpec(
+        "upo",
+        upo_loss,
+        "upo",
+        {
+            "preference": "dpo",
+            "beta": 0.1,
+            "alpha": 1.0,
+            "tau": 0.1,
+            "gamma": 0.5,
+            "lambda": 5.0,
+            "value_coef": 0.1,
+            "expectile": 0.7,
+            "aux_warmup_steps": 100,
+            "max_weight": 0.0,
+            "value_lr": 1.0e-4,
+        },
+    ),
+}
+UPO_PREFERENCES = ("dpo", "ipo", "slic", "nca_pair", "nca", "infonca")
+BMC_WEIGHT_PARAMS = ("delta", "ref_weights")
 
 _POSITIVE_PARAMS = ("alpha", "beta", "tau")
 
@@ -358,10 +471,41 @@ def check_params(name: str, params: dict[str, float | bool]) -> dict[str, float 
         valid = ", ".join(sorted(spec.params)) or "(none)"
         raise ValueError(f"loss {name!r} has no parameter(s) {', '.join(unknown)}; valid: {valid}")
     settings = {**spec.params, **params}
+    if spec.kind == "online" and "beta" in settings and not 0 <= settings["beta"] <= 1:
+        raise ValueError(
+            f"loss {name!r}: beta is the reference's weight in the sampling mixture, "
+            f"in [0, 1], got {settings['beta']}"
+        )
+    _check_choices(name, settings)
     for key in _POSITIVE_PARAMS:
+        if spec.kind == "online" and key == "beta":
+            continue
         if key in settings and not settings[key] > 0:
             raise ValueError(f"loss {name!r}: {key} must be > 0, got {settings[key]}")
     return settings
+
+
+def _check_choices(name: str, settings: dict[str, float | bool | str]) -> None:
+    """The string-valued and range-limited settings of the BMC and UPO losses."""
+    if "ref_weights" in settings and settings["ref_weights"] not in ("reference", "policy"):
+        raise ValueError(
+            f"loss {name!r}: ref_weights must be 'reference' or 'policy', "
+            f"got {settings['ref_weights']!r}"
+        )
+    if "delta" in settings and not settings["delta"] >= 1:
+        raise ValueError(f"loss {name!r}: delta must be >= 1, got {settings['delta']}")
+    if "preference" in settings and settings["preference"] not in UPO_PREFERENCES:
+        raise ValueError(
+            f"loss {name!r}: preference must be one of {', '.join(UPO_PREFERENCES)}, "
+            f"got {settings['preference']!r}"
+        )
+    if "expectile" in settings and not 0 < settings["expectile"] < 1:
+        raise ValueError(f"loss {name!r}: expectile must be in (0, 1), got {settings['expectile']}")
+    for key in ("gamma", "value_coef", "aux_warmup_steps", "max_weight"):
+        if key in settings and not settings[key] >= 0:
+            raise ValueError(f"loss {name!r}: {key} must be >= 0, got {settings[key]}")
+    if "value_lr" in settings and not settings["value_lr"] > 0:
+        raise ValueError(f"loss {name!r}: value_lr must be > 0, got {settings['value_lr']}")
 
 
 def best_worst_pairs(rewards: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -407,9 +551,15 @@ def kwise_loss(
       ``ipo`` convention; the scale of 1/(2 tau) depends on it.
     """
     spec = get_loss(name)
+    if spec.kind == "online":
+        raise ValueError(f"loss {name!r} samples its own pairs: it needs train.online: true")
+    if spec.kind == "upo":
+        raise ValueError("loss 'upo' wraps a preference loss: the trainer runs it (align/upo.py)")
     settings = check_params(name, params)
     # length_norm is applied here, before the pairing; every other setting goes to the loss.
     length_norm = bool(settings.pop("length_norm", False))
+    for key in BMC_WEIGHT_PARAMS:  # already applied to the log-probs (bmc_weighted_logps)
+        settings.pop(key, None)
     fn_params = settings
 
     mask = torch.ones_like(policy_logps, dtype=torch.bool) if mask is None else mask.bool()

@@ -165,6 +165,31 @@ def _reward_input(cfg: PipelineConfig, which: str) -> dict[str, Any]:
     return {"reward": reward_fingerprint(reward)}
 
 
+def _train_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    """Online training reads the prompts and the preference source itself (no annotate)."""
+    if not cfg.train.online:
+        return {}
+    from align.preference import preference_fingerprint
+
+    return {
+        "data": data_fingerprint(cfg.data.train),
+        "system_prompt": cfg.data.system_prompt,
+        "preference": preference_fingerprint(cfg.train.preference),
+    }
+
+
+def _aux_input(cfg: PipelineConfig) -> list[str] | None:
+    from align.rewards.aux import aux_fingerprint
+
+    return aux_fingerprint(cfg.train.aux_rewards)
+
+
+def _rewrite_input(cfg: PipelineConfig) -> dict[str, Any]:
+    from align.judging.backends import judge_fingerprint
+
+    return {"rewriter": judge_fingerprint(cfg.rewrite.backend)}
+
+
 def _model_source(cfg: PipelineConfig) -> dict[str, Any]:
     from align.models import source_fingerprint
 
@@ -189,24 +214,42 @@ STAGES: dict[str, StageDef] = {
         StageDef(
             "annotate",
             ("prepare-model", "sample"),
-            ("annotate", "data.train", "data.system_prompt", "train.lengths"),
+            ("annotate", "data.train", "data.system_prompt", "train.lengths", "train.aux_rewards"),
             _folder_outs,
             inputs=lambda cfg: {
                 **_reward_input(cfg, "annotate"),
+                "aux": _aux_input(cfg),
                 "data": None if cfg.sample else data_fingerprint(cfg.data.train),
             },
             data_deps=lambda cfg: (
                 [] if cfg.sample or not cfg.data.train.path else [cfg.data.train.path]
             ),
         ),
-        StageDef("train", ("prepare-model", "annotate"), ("train", "model"), _train_outs),
+        StageDef(
+            "rewrite",
+            ("prepare-model", "annotate"),
+            ("rewrite", "train.lengths"),
+            _folder_outs,
+            inputs=_rewrite_input,
+        ),
+        StageDef(
+            "train",
+            ("prepare-model", "annotate", "rewrite"),
+            ("train", "model"),
+            _train_outs,
+            inputs=_train_inputs,
+            data_deps=lambda cfg: (
+                [cfg.data.train.path] if cfg.train.online and cfg.data.train.path else []
+            ),
+        ),
         StageDef(
             "evaluate",
             ("prepare-model", "train"),
-            ("evaluate", "data.eval", "data.system_prompt"),
+            ("evaluate", "data.eval", "data.system_prompt", "train.aux_rewards"),
             _evaluate_outs,
             inputs=lambda cfg: {
                 **_reward_input(cfg, "evaluate"),
+                "aux": _aux_input(cfg),
                 "eval_data": data_fingerprint(cfg.data.eval),
             },
             data_deps=lambda cfg: (
@@ -229,6 +272,8 @@ def active_stages(cfg: PipelineConfig) -> list[str]:
     """Stages of this pipeline in DAG order (optional ones only when configured)."""
     optional = {
         "sample": cfg.sample is not None,
+        "annotate": cfg.annotate is not None,  # absent with train.online
+        "rewrite": cfg.rewrite is not None,
         "evaluate": cfg.evaluate is not None,
         "judge": cfg.judge is not None,
     }

@@ -7,6 +7,7 @@ Each runner takes (cfg, out folder, upstream manifests, stage hash) and returns
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ from align.models import (
 )
 from align.records import chunks, read_shards, shard_path, write_shard
 from align.rewards import Scorer
+from align.rewards.aux import combined_aux_rewards
+from align.rewrite import rewrite_stage
 from align.sampling import generate
 from align.tokenize import check_prompt_lengths, encode_record
 
@@ -70,7 +73,13 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
     path = upstream["prepare-model"]["summary"]["policy"]["path"]
     tokenizer = load_tokenizer(path)
     _check_prompts(cfg, tokenizer, records)  # before generating: annotate would refuse them
-    model = load_model(path, sc.dtype or cfg.model.dtype)
+    dtype = sc.dtype or cfg.model.dtype
+    if sc.backend == "vllm":
+        from align.sampling_vllm import VLLMSampler
+
+        sample = VLLMSampler(path, dtype, sc.seed).generate
+    else:
+        sample = partial(generate, load_model(path, dtype))
     shards = chunks(records, sc.shard_size)
     started, new_tokens = time.perf_counter(), 0
     bar = tqdm(total=len(records), desc="sample", unit="prompt")
@@ -81,8 +90,7 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
             continue
         rows = []
         for bi, batch in enumerate(chunks(shard, sc.batch_prompts)):
-            texts, finished = generate(
-                model,
+            texts, finished = sample(
                 tokenizer,
                 [r["prompt"] for r in batch],
                 k=sc.k,
@@ -184,15 +192,27 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
             _score(scorer, shard)
         for rec, (lp, n) in zip(shard, _ref_logps(model, tokenizer, shard, cfg), strict=True):
             rec["ref_logps"], rec["n_tokens"] = lp, n
+        if cfg.train.aux_rewards:  # UPO's designer rewards, once per response
+            flat, _ = combined_aux_rewards(
+                cfg.train.aux_rewards, [t for r in shard for t in r["responses"]]
+            )
+            for rec in shard:
+                rec["aux_rewards"], flat = (
+                    flat[: len(rec["responses"])],
+                    flat[len(rec["responses"]) :],
+                )
         write_shard(target, shard)
         bar.update(len(shard))
     bar.close()
-    rewards = [x for r in read_shards(out) for x in r["rewards"]]
+    annotated = read_shards(out)
+    rewards = [x for r in annotated for x in r["rewards"]]
+    aux = [x for r in annotated for x in r.get("aux_rewards") or []]
     return {
         "records": len(records),
         "reward_mean": sum(rewards) / len(rewards),
         "reward_min": min(rewards),
         "reward_max": max(rewards),
+        **({"aux_reward_mean": sum(aux) / len(aux)} if aux else {}),
     }, []
 
 
@@ -203,8 +223,16 @@ def train_stage(
 
     set_threads()
     torch.manual_seed(cfg.train.seed)
-    records = read_shards(Path(cfg.runs_dir) / cfg.name / "annotate")
     path = Path(upstream["prepare-model"]["summary"]["policy"]["path"])
+    if cfg.train.online:  # samples and labels its own pairs from the prompts
+        from align.online import OnlineTrainer
+
+        prompts = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
+        ref = Path(upstream["prepare-model"]["summary"]["reference"]["path"])
+        metrics = OnlineTrainer(cfg, path, ref, prompts, out, stage_hash).train()
+        return metrics, [out / "model" / "config.json"]
+    source = "rewrite" if cfg.rewrite is not None else "annotate"  # BMC: the rewritten pairs
+    records = read_shards(Path(cfg.runs_dir) / cfg.name / source)
     metrics = Trainer(cfg, path, records, out, stage_hash).train()
     return metrics, [out / "model" / "config.json"]
 
@@ -246,6 +274,7 @@ RUNNERS = {
     "prepare-model": prepare_model_stage,
     "sample": sample_stage,
     "annotate": annotate_stage,
+    "rewrite": rewrite_stage,
     "train": train_stage,
     "evaluate": evaluate_stage,
     "judge": judge_stage,

@@ -5,6 +5,13 @@ responses) from a stream of seeded per-epoch permutations, so a step's data depe
 index: resume = load the checkpoint and continue at the next index. The loss of a step is the
 sum of per-prompt losses divided by the prompts in the step (rows without a usable preference
 contribute zero). Reference log-probs come precomputed from annotate.
+
+Two losses change the step (docs/bmc-upo.md):
+- BMC (`dpo_bmc`, `ipo_bmc`, `nca_pair_bmc`): per-token policy log-probs are weighted by the
+  rewrite stage's diff masks (`align.bmc.bmc_batch_logps`) before the pair loss.
+- UPO (`upo`): the wrapped preference loss plus the advantage-weighted auxiliary term and the
+  expectile loss of a value head (`align.upo`); the head is trained with its own learning rate
+  and saved in every checkpoint (`value_head.safetensors`) and beside the final model.
 """
 
 from __future__ import annotations
@@ -23,14 +30,28 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
+from align.bmc import bmc_batch_logps
 from align.config import PipelineConfig
 from align.errors import AlignError
 from align.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
-from align.logprobs import model_sequence_logps, shared_prompt_logps
+from align.logprobs import (
+    model_sequence_logps,
+    packed_token_logps,
+    shared_prompt_logps,
+    shared_prompt_token_logps,
+)
 from align.losses import best_worst_pairs, get_loss, kwise_loss
 from align.models import load_model, load_tokenizer
 from align.tokenize import encode_record
+from align.upo import ValueHead, prompt_hidden, upo_loss
 
+VALUE_HEAD = "value_head.safetensors"  # UPO: beside trainable.safetensors and the final model
+UPO_KEYS = (
+    "upo/total",
+    "upo/actor",
+    "upo/value",
+    "upo/aux_reward",
+)  # "loss" is the preference term
 LOG_KEYS = (
     "loss",
     "logps/chosen",
@@ -48,6 +69,9 @@ class Example:
     responses: list[list[int]]
     rewards: list[float]
     ref_logps: list[float]
+    diff_masks: list[list[int]] | None = None  # BMC: from the rewrite stage, one per response
+    ref_token_logps: list[list[float]] | None = None  # BMC: reference log-prob of each token
+    aux_rewards: list[float] | None = None  # UPO: R = sum_i w_i r_i per response (annotate)
 
 
 def build_examples(
@@ -67,10 +91,40 @@ def build_examples(
         prompt, responses = encode_record(
             tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length
         )
-        examples.append(Example(prompt, responses, rec["rewards"], rec["ref_logps"]))
+        _check_extras(rec, spec, [len(r) for r in responses])
+        examples.append(
+            Example(
+                prompt,
+                responses,
+                rec["rewards"],
+                rec["ref_logps"],
+                rec.get("diff_masks"),
+                rec.get("ref_token_logps"),
+                rec.get("aux_rewards"),
+            )
+        )
     if not examples:
         raise AlignError("train: the annotated data holds no records")
     return examples
+
+
+def _check_extras(rec: dict, spec, lengths: list[int]) -> None:
+    """BMC records need diff masks and per-token reference log-probs that cover exactly the
+    response tokens; UPO records need aux rewards."""
+    if spec.token_weights == "bmc":
+        for key in ("diff_masks", "ref_token_logps"):
+            stored = rec.get(key)
+            if stored is None or [len(x) for x in stored] != lengths:
+                raise AlignError(
+                    f"record {rec['id']}: {key} missing or not matching the response tokens "
+                    f"{lengths}; loss {spec.name!r} trains on the rewrite stage's output: "
+                    "re-run `align stage <pipeline> rewrite`"
+                )
+    if spec.kind == "upo" and rec.get("aux_rewards") is None:
+        raise AlignError(
+            f"record {rec['id']}: no aux_rewards; loss 'upo' needs train.aux_rewards computed "
+            "by annotate: re-run the annotate stage"
+        )
 
 
 def step_indices(step: int, n: int, per_step: int, seed: int) -> list[int]:
@@ -137,12 +191,25 @@ class Trainer:
             model.gradient_checkpointing_enable()
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
+        self.spec = get_loss(cfg.train.loss.name)
+        self.loss_params = cfg.train.loss.params()
+        groups: list[dict] = [{"params": params}]
+        self.value_head: ValueHead | None = None
+        if self.spec.kind == "upo":
+            self.value_head = ValueHead(model.config.hidden_size).to(model.device).train()
+            groups.append(
+                {
+                    "params": list(self.value_head.parameters()),
+                    "lr": float(self.loss_params["value_lr"]),
+                    "weight_decay": 0.0,
+                }
+            )
         self.per_step = self.tc.batch_size * self.tc.grad_accum * self.acc.num_processes
         self.total_steps = self.tc.max_steps or math.ceil(
             self.tc.epochs * len(self.examples) / self.per_step
         )
         optimizer = torch.optim.AdamW(
-            params, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay
+            groups, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay
         )
         self.scheduler = get_scheduler(
             self.tc.lr_scheduler,
@@ -150,9 +217,23 @@ class Trainer:
             num_warmup_steps=math.ceil(self.tc.warmup_ratio * self.total_steps),
             num_training_steps=self.total_steps,
         )
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.loss_params = cfg.train.loss.params()
+        if self.value_head is not None:
+            self.model, self.value_head, self.optimizer = self.acc.prepare(
+                model, self.value_head, optimizer
+            )
+        else:
+            self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.pref_name, self.pref_params = self._preference_loss()
         self.step = 0
+
+    def _preference_loss(self) -> tuple[str, dict]:
+        """The loss the trainer feeds to `kwise_loss`: the configured one, or for UPO the
+        wrapped preference loss with the UPO keys it shares (its own defaults otherwise)."""
+        if self.spec.kind != "upo":
+            return self.spec.name, self.loss_params
+        name = str(self.loss_params["preference"])
+        shared = {k: v for k, v in self.loss_params.items() if k in get_loss(name).params}
+        return name, shared
 
     # ---- checkpoints -------------------------------------------------------------------
     def _ckpt_dir(self, step: int) -> Path:
@@ -171,6 +252,7 @@ class Trainer:
                 },
                 tmp / "trainable.safetensors",
             )
+            self._save_value_head(tmp)
             torch.save(
                 {
                     "optimizer": self.optimizer.state_dict(),
@@ -185,6 +267,14 @@ class Trainer:
         kept = sorted((self.out / "checkpoints").glob("step-*"))
         for old in kept[: -self.tc.keep_checkpoints]:
             shutil.rmtree(old)
+
+    def _save_value_head(self, folder: Path) -> None:
+        if self.value_head is not None:
+            head = self.acc.unwrap_model(self.value_head)
+            save_file(
+                {k: v.detach().contiguous() for k, v in head.state_dict().items()},
+                folder / VALUE_HEAD,
+            )
 
     def _checkpoint_step(self, ckpt: Path) -> int:
         """The step of a complete checkpoint folder of this configuration; a foreign or unreadable
@@ -212,6 +302,8 @@ class Trainer:
             missing = model.load_state_dict(weights, strict=False)
             if missing.unexpected_keys or trainable - set(weights):
                 raise ValueError("its parameter names differ from this model's")
+            if self.value_head is not None:
+                self.acc.unwrap_model(self.value_head).load_state_dict(load_file(ckpt / VALUE_HEAD))
             # weights_only: tensors and plain containers, never arbitrary pickled objects
             state = torch.load(ckpt / "optimizer.pt", weights_only=True)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -271,9 +363,63 @@ class Trainer:
             return shared_prompt_logps(self.model, groups, self.tokenizer.pad_token_id)
         return model_sequence_logps(self.model, pairs, self.tokenizer.pad_token_id)
 
+    def _policy_logps(
+        self, batch: list[Example], pairs: list[tuple[list[int], list[int]]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(policy log-probs [N], BMC-weighted reference log-probs [N] or None, token counts
+        [N]) of every row, flattened in example order."""
+        if self.spec.token_weights != "bmc":
+            logps, counts = self._sequence_logps(batch, pairs)
+            return logps, None, counts
+        if self.tc.share_prompt and not self.tc.gradient_checkpointing:
+            groups = [(e.prompt, e.responses) for e in batch]
+            tok, r_mask = shared_prompt_token_logps(self.model, groups, self.tokenizer.pad_token_id)
+        else:
+            tok, r_mask = packed_token_logps(self.model, pairs, self.tokenizer.pad_token_id)
+        policy, ref = bmc_batch_logps(
+            tok,
+            r_mask,
+            [m for e in batch for m in e.diff_masks],
+            [lp for e in batch for lp in e.ref_token_logps],
+            delta=float(self.loss_params["delta"]),
+            ref_weights=self.loss_params["ref_weights"],
+        )
+        return policy, ref, r_mask.sum(-1)
+
+    def _upo_terms(
+        self,
+        batch: list[Example],
+        policy: torch.Tensor,
+        n_tok: torch.Tensor,
+        mask: torch.Tensor,
+        pref_losses: torch.Tensor,
+    ):
+        """UPO's objective for one micro-batch: `upo_loss` over every valid response, the
+        value head reading each prompt's last hidden state. policy, n_tok, mask: [B, K]."""
+        p = self.loss_params
+        hidden = prompt_hidden(self.model, [e.prompt for e in batch], self.tokenizer.pad_token_id)
+        values = self.value_head(hidden)  # [B]
+        aux = torch.zeros(mask.shape, dtype=torch.float64, device=policy.device)
+        for b, e in enumerate(batch):
+            aux[b, : len(e.aux_rewards)] = torch.tensor(e.aux_rewards, dtype=torch.float64)
+        return upo_loss(
+            pref_losses,
+            (policy / n_tok.clamp_min(1))[mask],
+            aux[mask],
+            values.unsqueeze(1).expand(mask.shape)[mask],
+            step=self.step,
+            gamma=float(p["gamma"]),
+            lam=float(p["lambda"]),
+            value_coef=float(p["value_coef"]),
+            expectile=float(p["expectile"]),
+            aux_warmup_steps=int(p["aux_warmup_steps"]),
+            max_weight=float(p["max_weight"]) or None,
+        ), aux[mask]
+
     def train_step(self) -> dict[str, float]:
-        beta = float(self.loss_params.get("beta", 1.0))
+        beta = float(self.pref_params.get("beta", 1.0))
         sums = dict.fromkeys(LOG_KEYS, 0.0)
+        upo_sums = dict.fromkeys(UPO_KEYS, 0.0)
         n_pref = tokens = 0
         local = self.tc.batch_size * self.tc.grad_accum
         micro_batches = self._micro_batches()
@@ -282,20 +428,32 @@ class Trainer:
             sync = m == len(micro_batches) - 1
             ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
             with ctx, self.acc.autocast():
-                logps, counts = self._sequence_logps(batch, pairs)
+                logps, weighted_ref, counts = self._policy_logps(batch, pairs)
                 device = logps.device
-                policy = _scatter(logps.double(), mask.to(device))
-                n_tok = _scatter(counts.double(), mask.to(device))
+                mask_d = mask.to(device)
+                policy = _scatter(logps.double(), mask_d)
+                n_tok = _scatter(counts.double(), mask_d)
+                if weighted_ref is not None:
+                    ref = _scatter(weighted_ref.double(), mask_d).cpu()
                 losses, _ = kwise_loss(
-                    self.cfg.train.loss.name,
+                    self.pref_name,
                     policy,
                     ref.to(device),
                     rewards.to(device),
-                    mask.to(device),
+                    mask_d,
                     n_tokens=n_tok,
-                    **self.loss_params,
+                    **self.pref_params,
                 )
-                self.acc.backward(losses.sum() / local)
+                objective = losses.sum() / local
+                if self.value_head is not None:
+                    terms, aux = self._upo_terms(batch, policy, n_tok, mask_d, losses)
+                    objective = terms.total * len(batch) / local
+                    share = len(batch) / local
+                    upo_sums["upo/total"] += terms.total.item() * share
+                    upo_sums["upo/actor"] += terms.actor.item() * share
+                    upo_sums["upo/value"] += terms.value.item() * share
+                    upo_sums["upo/aux_reward"] += aux.mean().item() * share
+                self.acc.backward(objective)
             tokens += sum(len(p) + len(r) for p, r in pairs)
             sums["loss"] += losses.detach().sum().item()
             n_pref += _add_pair_stats(sums, policy.detach().cpu(), ref, rewards, mask, beta)
@@ -311,6 +469,10 @@ class Trainer:
         for key in LOG_KEYS[1:]:
             row[key] = sums[key] / n_pref if n_pref else float("nan")
         row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens)
+        if self.value_head is not None:
+            row.update(
+                upo_sums, **{"upo/actor_on": self.step >= self.loss_params["aux_warmup_steps"]}
+            )
         return row
 
     # ---- the loop -----------------------------------------------------------------------
@@ -356,6 +518,7 @@ class Trainer:
         with atomic_dir(self.out / "model") as tmp:
             model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
+            self._save_value_head(tmp)
         keys = ["step", *LOG_KEYS, "lr"]
         csv = (
             ",".join(keys)

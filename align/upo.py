@@ -26,6 +26,7 @@ __all__ = [
     "ValueHead",
     "expectile_loss",
     "last_prompt_hidden",
+    "prompt_hidden",
     "upo_aux_loss",
     "upo_loss",
 ]
@@ -141,3 +142,24 @@ def upo_loss(
     if actor_on:
         total = total + gamma * actor
     return UPOLoss(total=total, pref=pref, actor=actor.detach(), value=value, actor_on=actor_on)
+
+
+@torch.no_grad()
+def prompt_hidden(model, prompts: list[list[int]], pad_id: int) -> Tensor:
+    """Final-layer hidden state of each prompt's last token, ``[B, H]``, without gradient
+    (the value head's input): the prompts run right-padded through ``model``."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)], attn[i, : len(p)] = torch.tensor(p), 1
+    device = next(model.parameters()).device
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=attn.to(device),
+        output_hidden_states=True,
+        use_cache=False,
+        logits_to_keep=1,
+    )
+    last = torch.tensor([len(p) - 1 for p in prompts], device=device)
+    return last_prompt_hidden(out.hidden_states[-1], last)

@@ -5,7 +5,7 @@ or its gradient is not finite (a fast wrong answer never counts). The point it m
 K-wise losses cost about what the pairwise ones do, and all are negligible next to one model
 forward (milliseconds to seconds), so K-wise training is priced by the forward passes only.
 
-    python bench/bench_losses.py [--batch 64] [--k 4] [--repeats 200]
+    python -m bench.bench_losses [--batch 64] [--k 4] [--repeats 200]
 """
 
 from __future__ import annotations
@@ -19,20 +19,16 @@ import torch
 from align.losses import LOSSES, kwise_loss
 
 
-def time_loss(
-    name: str, policy: torch.Tensor, ref: torch.Tensor, rewards: torch.Tensor, repeats: int
+def time_once(
+    name: str, policy: torch.Tensor, ref: torch.Tensor, rewards: torch.Tensor
 ) -> tuple[float, bool]:
-    """Median seconds of one forward + backward, and whether loss and gradient were finite."""
-    times, finite = [], True
-    for _ in range(repeats):
-        p = policy.clone().requires_grad_(True)
-        start = time.perf_counter()
-        losses, counts = kwise_loss(name, p, ref, rewards, n_tokens=torch.full_like(p, 20.0))
-        (losses.sum() / counts.sum().clamp_min(1)).backward()
-        times.append(time.perf_counter() - start)
-        finite &= bool(torch.isfinite(losses).all() and torch.isfinite(p.grad).all())
-    times.sort()
-    return times[len(times) // 2], finite
+    """Seconds of one forward + backward, and whether the loss and its gradient are finite."""
+    p = policy.clone().requires_grad_(True)
+    start = time.perf_counter()
+    losses, counts = kwise_loss(name, p, ref, rewards, n_tokens=torch.full_like(p, 20.0))
+    (losses.sum() / counts.sum().clamp_min(1)).backward()
+    seconds = time.perf_counter() - start
+    return seconds, bool(torch.isfinite(losses).all() and torch.isfinite(p.grad).all())
 
 
 def main() -> int:
@@ -45,12 +41,21 @@ def main() -> int:
     policy = -50 + 5 * torch.randn(args.batch, args.k)
     ref = policy + torch.randn(args.batch, args.k)
     rewards = torch.randint(1, 11, (args.batch, args.k)).float()
-    results = {name: time_loss(name, policy, ref, rewards, args.repeats) for name in LOSSES}
+    offline = [name for name, spec in LOSSES.items() if spec.kind in ("kwise", "pair")]
+    times: dict[str, list[float]] = {name: [] for name in offline}
+    finite = dict.fromkeys(offline, True)
+    for _ in range(args.repeats):  # round robin: load changes hit every loss alike
+        for name in offline:
+            seconds, ok = time_once(name, policy, ref, rewards)
+            times[name].append(seconds)
+            finite[name] &= ok
+    results = {name: (sorted(t)[len(t) // 2], finite[name]) for name, t in times.items()}
     base = results["dpo"][0]
+    width = max(map(len, offline))
     print(f"loss forward+backward on [{args.batch}, {args.k}] (median of {args.repeats})")
-    print(f"{'loss':<10} {'us/call':>9} {'vs dpo':>7}")
+    print(f"{'loss':<{width}} {'us/call':>9} {'vs dpo':>7}")
     for name, (seconds, _) in results.items():
-        print(f"{name:<10} {seconds * 1e6:9.1f} {seconds / base:7.2f}x")
+        print(f"{name:<{width}} {seconds * 1e6:9.1f} {seconds / base:7.2f}x")
     bad = [name for name, (_, ok) in results.items() if not ok]
     if bad:
         print(f"non-finite loss or gradient: {', '.join(bad)}", file=sys.stderr)

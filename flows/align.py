@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 import flows  # noqa: F401  (pins Prefect settings before Prefect loads)
 from align.config import PipelineConfig, load_pipeline
 from align.errors import AlignError
+from align.history import keep_run
 from align.models import BUILT_IN
 from align.pipeline import plan
 from flows.report import publish
@@ -25,6 +26,7 @@ from tasks.annotate import annotate_task
 from tasks.evaluate import evaluate_task
 from tasks.judge import judge_task
 from tasks.prepare_model import prepare_model_task
+from tasks.rewrite import rewrite_task
 from tasks.sample import sample_task
 from tasks.train import train_task
 
@@ -32,6 +34,7 @@ STAGE_TASKS = {
     "prepare-model": prepare_model_task,
     "sample": sample_task,
     "annotate": annotate_task,
+    "rewrite": rewrite_task,
     "train": train_task,
     "evaluate": evaluate_task,
     "judge": judge_task,
@@ -73,5 +76,7 @@ def align_flow(pipeline: str, overrides: list[str] | None = None, smoke: bool = 
         manifests[p.name] = future.result()
         upstream = future
     logger.info("pipeline %s done: %s", cfg.name, ", ".join(manifests))
-    logger.info("report: %s", publish(cfg, manifests, run_id=flow_run.get_id()))
+    run_id = str(flow_run.get_id())
+    logger.info("report: %s", publish(cfg, manifests, run_id=run_id))
+    logger.info("this run's outputs kept in %s", keep_run(cfg, run_id))
     return manifests

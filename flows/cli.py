@@ -10,6 +10,7 @@ from pathlib import Path
 
 from align.config import load_pipeline
 from align.errors import AlignError
+from align.io import atomic_write_text
 
 
 def _add_pipeline(p: argparse.ArgumentParser) -> None:
@@ -100,23 +101,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dvc(args: argparse.Namespace) -> int:
+def _dvc_one(pipeline: str, output: Path, check: bool) -> bool:
+    """Write (or with `check`, compare) one pipeline's dvc.yaml; True when it is up to date."""
     from align.dvcfile import render_dvc_yaml
 
-    cfg = load_pipeline(args.pipeline)
-    text = render_dvc_yaml(cfg, args.pipeline)
-    if args.check:
-        current = Path(args.output).read_text() if Path(args.output).is_file() else ""
-        if current != text:
-            print(
-                f"{args.output} is out of date with {args.pipeline}; "
-                f"run `align dvc {args.pipeline}`"
-            )
-            return 1
-        return 0
-    Path(args.output).write_text(text)
-    print(f"wrote {args.output}")
-    return 0
+    text = render_dvc_yaml(load_pipeline(pipeline), pipeline, output)
+    if check:
+        if not output.is_file() or output.read_text() != text:
+            print(f"{output} is out of date with {pipeline}; run `align dvc {pipeline}`")
+            return False
+        return True
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, text)
+    print(f"wrote {output}")
+    return True
+
+
+def cmd_dvc(args: argparse.Namespace) -> int:
+    from align.dvcfile import NESTED_DIR, dvc_file_for
+
+    if args.all == bool(args.pipeline):
+        raise AlignError("align dvc: give one PIPELINE or --all (every pipelines/*.yaml)")
+    if not args.all:
+        output = Path(args.output) if args.output else dvc_file_for(args.pipeline)
+        return 0 if _dvc_one(args.pipeline, output, args.check) else 1
+    pipelines = [str(p) for p in sorted(Path("pipelines").glob("*.yaml"))]
+    ok = all([_dvc_one(p, dvc_file_for(p), args.check) for p in pipelines])
+    expected = {dvc_file_for(p) for p in pipelines}
+    for stray in sorted(NESTED_DIR.glob("*/dvc.yaml")):
+        if stray not in expected:
+            ok = False
+            print(f"{stray} has no pipeline in pipelines/; delete it")
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,9 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage")
     p.add_argument("--force", action="store_true", help="re-run even when the output is current")
     p.set_defaults(fn=cmd_stage)
-    p = sub.add_parser("dvc", help="write dvc.yaml for a pipeline")
-    p.add_argument("pipeline")
-    p.add_argument("--output", default="dvc.yaml")
+    p = sub.add_parser("dvc", help="write the dvc.yaml of a pipeline (or of --all of them)")
+    p.add_argument("pipeline", nargs="?")
+    p.add_argument("--all", action="store_true", help="every pipelines/*.yaml")
+    p.add_argument("--output", help="default: dvc.yaml for the quickstart, else dvc/<name>/")
     p.add_argument("--check", action="store_true", help="exit 1 if the file differs")
     p.set_defaults(fn=cmd_dvc)
     return parser

@@ -102,7 +102,9 @@ def lineage(facts: RunFacts, upto: str | None = None) -> list[tuple[str, str]]:
         names = list(m)
         m = {k: m[k] for k in names[: names.index(upto) + 1]}
     prep = m.get("prepare-model", {}).get("summary", {})
-    train_data = (m.get("sample") or m.get("annotate") or {}).get("inputs", {}).get("data")
+    train_data = (
+        (m.get("sample") or m.get("annotate") or m.get("train") or {}).get("inputs", {}).get("data")
+    )  # an online pipeline's train stage reads the prompts itself
     rows = [
         ("training data", train_data),
         ("eval data", m.get("evaluate", {}).get("inputs", {}).get("eval_data")),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -134,9 +136,37 @@ def test_plan_smoke_lists_every_stage(
     assert "cached" not in out
 
 
-def test_dvc_check_on_the_committed_file(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dvc_check_on_the_committed_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pipelines/*.yaml has its generated dvc.yaml (quickstart at the root, the others
+    under dvc/<name>/), none drifted, and DVC itself parses them all."""
     monkeypatch.chdir(ROOT)
-    assert main(["dvc", "--check", "pipelines/quickstart.yaml"]) == 0
+    assert main(["dvc", "--check", "--all"]) == 0
+    names = {p.stem for p in (ROOT / "pipelines").glob("*.yaml")} - {"quickstart"}
+    assert {p.parent.name for p in (ROOT / "dvc").glob("*/dvc.yaml")} == names
+    listed = subprocess.run(
+        [str(ROOT / ".venv/bin/dvc"), "stage", "list", "--all", "--fail", "--name-only"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "train" in listed and "dvc/nca-7b/dvc.yaml:train" in listed
+
+
+def test_dvc_all_reports_a_stray_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(ROOT / "pipelines", tmp_path / "pipelines")
+    shutil.copytree(ROOT / "data", tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["dvc", "--all"]) == 0
+    nested = tmp_path / "dvc/nca-7b/dvc.yaml"
+    assert "wdir: ../..\n    cmd: align stage pipelines/nca-7b.yaml train" in nested.read_text()
+    assert main(["dvc", "--check", "--all"]) == 0
+    (tmp_path / "pipelines/nca-7b.yaml").unlink()
+    capsys.readouterr()
+    assert main(["dvc", "--check", "--all"]) == 1
+    assert "dvc/nca-7b/dvc.yaml has no pipeline in pipelines/; delete it" in capsys.readouterr().out
 
 
 def test_dvc_writes_then_checks(

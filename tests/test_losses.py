@@ -347,13 +347,23 @@ def test_tie_break_reaches_the_losses() -> None:
 
 
 def test_registry_names_and_kinds() -> None:
-    assert set(LOSSES) == {"nca", "infonca", "dpo", "ipo", "slic", "nca_pair"}
+    offline = {"nca", "infonca", "dpo", "ipo", "slic", "nca_pair"}
+    online = {"online_ipo", "ipo_md", "nash_md_pg", "online_dpo", "online_slic"}
+    bmc = {"dpo_bmc", "ipo_bmc", "nca_pair_bmc"}  # token-weighted pair losses (issue 5)
+    assert set(LOSSES) == offline | online | bmc | {"upo"}
+    assert {n for n, s in LOSSES.items() if s.token_weights == "bmc"} == bmc
     assert {n for n, s in LOSSES.items() if s.kind == "kwise"} == {"nca", "infonca"}
+    assert {n for n, s in LOSSES.items() if s.kind == "online"} == online
     for name, spec in LOSSES.items():
+        if spec.kind == "upo":  # the trainer runs it around its preference loss
+            continue
         assert spec.name == name and get_loss(name) is spec and spec.min_k == 2
-        # every YAML param reaches the function (length_norm is handled by kwise_loss)
+        # every YAML param reaches the function (length_norm is handled by kwise_loss, the
+        # online mixture weight beta by the sampler)
         accepted = set(inspect.signature(spec.fn).parameters)
-        assert set(spec.params) - {"length_norm"} <= accepted, name
+        handled = {"length_norm", "delta", "ref_weights"}  # the trainer applies BMC weights
+        handled |= {"beta"} if spec.kind == "online" else set()
+        assert set(spec.params) - handled <= accepted, name
     assert LOSSES["nca"].params == {"beta": 0.01, "alpha": 1.0, "tie_break_first": False}
     assert LOSSES["dpo"].params == {"beta": 0.1}
     assert LOSSES["ipo"].params == {"tau": 0.1, "length_norm": False}
@@ -363,11 +373,13 @@ def test_unknown_loss_lists_valid_names_and_suggests() -> None:
     with pytest.raises(ValueError) as err:
         get_loss("ncaa")
     assert str(err.value) == (
-        "unknown loss 'ncaa'; valid: dpo, infonca, ipo, nca, nca_pair, slic (did you mean 'nca'?)"
+        "unknown loss 'ncaa'; valid: dpo, dpo_bmc, infonca, ipo, ipo_bmc, ipo_md, nash_md_pg, "
+        "nca, nca_pair, nca_pair_bmc, online_dpo, online_ipo, online_slic, slic, upo "
+        "(did you mean 'nca'?)"
     )
     with pytest.raises(ValueError) as err:
         get_loss("zzzzzz")
-    assert "did you mean" not in str(err.value) and "valid: dpo, infonca" in str(err.value)
+    assert "did you mean" not in str(err.value) and "valid: dpo, dpo_bmc, infonca" in str(err.value)
 
 
 def test_kwise_loss_rejects_unknown_and_bad_params() -> None:

@@ -45,6 +45,19 @@ def test_prefect_flow_runs_then_caches_every_stage(project: Path) -> None:
     assert not re.search(r"\b(sample|annotate|train|evaluate) ran in", logs)
     assert logs.count("Cached") >= len(STAGES), logs[-3000:]
 
+    # each run is filed apart (a nightly run keeps its own checkpoint, metrics and lineage);
+    # the weights are hard links to the one file, the lineage names the same stage hashes
+    runs = sorted((project / "runs/quickstart-smoke/history").iterdir())
+    assert len(runs) == 2 and all(re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f-]{8}", r.name) for r in runs)
+    weights = [next((r / "train/model").glob("*.safetensors")) for r in runs]
+    assert weights[0].stat().st_ino == weights[1].stat().st_ino
+    assert weights[0].stat().st_nlink >= 3  # the stage folder's file and the two kept runs
+    lineages = [yaml.safe_load((r / "lineage.json").read_text()) for r in runs]
+    assert set(lineages[0]["stages"]) == set(STAGES)
+    assert lineages[0]["stages"] == lineages[1]["stages"]
+    assert (runs[1] / "evaluate/metrics.json").is_file() and (runs[1] / "report.md").is_file()
+    assert not any((r / "train/checkpoints").exists() for r in runs)
+
 
 def test_flagship_smoke_runs_its_stage_structure_under_prefect(project: Path) -> None:
     """nca-7b --smoke: UltraFeedback layout from a local file, LoRA, no sample stage."""
@@ -96,18 +109,19 @@ def test_dvc_repro_skips_unchanged_and_reruns_downstream(project: Path) -> None:
     _dvc(project, "init", "-q")
     _dvc(project, "config", "core.analytics", "false")
     assert _align(project, "dvc", "pipelines/tiny.yaml").returncode == 0
+    dvcfile = "dvc/tiny/dvc.yaml"  # every pipeline but the quickstart gets its own nested file
 
-    first = _dvc(project, "repro")
+    first = _dvc(project, "repro", dvcfile)
     for stage in STAGES:
-        assert f"Running stage '{stage}'" in first
+        assert f"Running stage '{dvcfile}:{stage}'" in first, first[-3000:]
 
-    second = _dvc(project, "repro")
+    second = _dvc(project, "repro", dvcfile)
     assert "Running stage" not in second
     for stage in STAGES:
-        assert f"'{stage}' didn't change, skipping" in second
+        assert f"'{dvcfile}:{stage}' didn't change, skipping" in second
 
     raw["train"]["learning_rate"] *= 2
     (project / "pipelines/tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    third = _dvc(project, "repro")
-    ran = set(re.findall(r"Running stage '([\w-]+)'", third))
+    third = _dvc(project, "repro", dvcfile)
+    ran = set(re.findall(r"Running stage '[\w/.]+:([\w-]+)'", third))
     assert ran == {"train", "evaluate", "judge"}, third[-2000:]

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from align.pipeline import STAGES
+
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parent
 HOOKS = CORPUS / "_hooks"
-STAGE_ORDER = ["prepare-model", "sample", "annotate", "train", "evaluate", "judge"]
+STAGE_ORDER = list(STAGES)
 
 
 def make_project(dest: Path, overlay: str | None = None) -> Path:

@@ -1,0 +1,92 @@
+"""`sample.backend: vllm`: refused clearly where vLLM is not installed, and the adapter's
+contract with vLLM's API (token-id prompts, n=K per request, per-request seeds, finish reasons)
+checked against a stand-in `vllm` module that records what it is asked (vLLM itself needs a GPU
+and is not installed on CPU machines)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from align.config import load_pipeline
+from align.errors import AlignError
+from align.models import load_tokenizer, resolve_model
+from align.sampling_vllm import VLLMSampler, vllm_installed
+from tests.conftest import REPO
+
+
+@pytest.mark.skipif(vllm_installed(), reason="vLLM is installed here")
+def test_vllm_backend_is_refused_with_the_fix_where_not_installed() -> None:
+    with pytest.raises(AlignError) as err:
+        load_pipeline(str(REPO / "pipelines/quickstart.yaml"), ["sample.backend=vllm"])
+    assert "sample: backend: 'vllm' needs the vllm package" in str(err.value)
+    assert "or use backend: hf" in str(err.value)
+
+
+class _Completion(types.SimpleNamespace):
+    pass
+
+
+def _fake_vllm(calls: dict) -> types.ModuleType:
+    vllm = types.ModuleType("vllm")
+    inputs = types.ModuleType("vllm.inputs")
+
+    class LLM:
+        def __init__(self, **kwargs: object) -> None:
+            calls["engine"] = kwargs
+
+        def generate(self, requests: list, params: list, use_tqdm: bool) -> list:
+            calls["requests"], calls["params"] = requests, params
+            return [
+                types.SimpleNamespace(
+                    outputs=[
+                        _Completion(text=f"r{i}.{j}", finish_reason="stop" if j else "length")
+                        for j in range(p["n"])
+                    ]
+                )
+                for i, p in enumerate(params)
+            ]
+
+    vllm.LLM, vllm.SamplingParams = LLM, dict
+    inputs.TokensPrompt = dict
+    vllm.inputs = inputs
+    return vllm
+
+
+def test_vllm_adapter_sends_our_token_ids_with_n_k_and_maps_finish_reasons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: dict = {}
+    fake = _fake_vllm(calls)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", fake.inputs)
+    path = Path(resolve_model("tiny"))
+    tokenizer = load_tokenizer(path)
+    prompts = [[{"role": "user", "content": "2 + 3?"}], [{"role": "user", "content": "7 - 1?"}]]
+
+    sampler = VLLMSampler(path, "bfloat16", seed=5)
+    texts, finished = sampler.generate(
+        tokenizer, prompts, k=3, max_new_tokens=16, temperature=0.7, top_p=0.9, seed=100
+    )
+
+    assert calls["engine"] == {
+        "model": str(path),
+        "tokenizer": str(path),
+        "dtype": "bfloat16",
+        "seed": 5,
+    }
+    expected_ids = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True) for p in prompts
+    ]
+    got_ids = [r["prompt_token_ids"] for r in calls["requests"]]
+    assert got_ids == [list(getattr(e, "input_ids", e)) for e in expected_ids]
+    assert [(p["n"], p["seed"], p["max_tokens"]) for p in calls["params"]] == [
+        (3, 100, 16),
+        (3, 101, 16),
+    ]
+    assert all(p["temperature"] == 0.7 and p["top_p"] == 0.9 for p in calls["params"])
+    assert texts == [["r0.0", "r0.1", "r0.2"], ["r1.0", "r1.1", "r1.2"]]
+    assert finished == [[False, True, True], [False, True, True]]
