@@ -65,6 +65,7 @@ bench: data $(BENCH_STAMP)
 	$(BIN)/python -m bench.p2_kwise_cost --model embedded
 	$(BIN)/python -m bench.p3_sampling --model embedded
 	$(BIN)/python -m bench.p6_rerun
+	$(BIN)/python -m bench.p7_mixture_sampling --model embedded
 
 lint: install
 	$(BIN)/ruff check .

@@ -3,7 +3,8 @@ which keeps a KV cache per model and feeds one new token through each per step, 
 cache-less mixture wrapper (both models re-read the whole prefix every step, as TRL's
 `GeometricMixtureWrapper` does), on the same prompts, seeds and settings, side by side.
 Target: >= 5x the cache-less tokens/s at 128 new tokens. The end-of-turn token is ignored so
-every row runs the full length; the two must draw identical tokens.
+every row runs the full length; in fp32 the two must draw identical tokens (bf16 rounds the
+two forwards differently, so the bench prints how long the draws agree).
 
     python -m bench.p7_mixture_sampling [--model embedded|tiny] [--prompts 4] [--max-new-tokens 128]
 """
@@ -65,8 +66,16 @@ def main() -> int:
     t_plain, plain = run(False)
     n = sum(len(t) for t in ours)
     if ours != plain:
-        print("cached and cache-less sampling drew different tokens", file=sys.stderr)
-        return 1
+        # bf16 rounds the cached and the full-prefix forward differently, so a draw can flip
+        # after many tokens; fp32 must agree exactly.
+        same = [
+            next((i for i, (a, b) in enumerate(zip(x, y, strict=False)) if a != b), len(x))
+            for x, y in zip(ours, plain, strict=True)
+        ]
+        print(f"tokens agree for the first {min(same)}-{max(same)} of {args.max_new_tokens}")
+        if args.dtype == "float32":
+            print("cached and cache-less fp32 sampling drew different tokens", file=sys.stderr)
+            return 1
     r_ours, r_plain = n / t_ours, n / t_plain
     print(f"ours      (KV cache per model)         {t_ours:7.2f} s {r_ours:8.1f} tok/s")
     print(f"cache-less mixture wrapper             {t_plain:7.2f} s {r_plain:8.1f} tok/s")

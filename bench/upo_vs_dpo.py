@@ -4,9 +4,11 @@ Reads two `evaluate` folders (answers-trained.jsonl + metrics.json of each run) 
 (and writes as JSON with --out) the mean auxiliary reward of each policy's greedy held-out
 answers, and the preference win rate of UPO over DPO: per prompt, the answer with the higher
 preference reward (the task's reward, the one that labelled the training pairs) wins, ties
-count 1/2. The standard error treats prompts as independent.
+count 1/2. The auxiliary rewards are recomputed per answer from the pipeline's
+`train.aux_rewards` (they must reproduce each run's metrics.json), so the UPO - DPO difference
+gets a paired standard error. Standard errors treat prompts as independent.
 
-    python -m bench.upo_vs_dpo runs/compare/upo runs/compare/dpo
+    python -m bench.upo_vs_dpo runs/compare/upo runs/compare/dpo [--pipeline P]
 """
 
 from __future__ import annotations
@@ -16,15 +18,28 @@ import json
 import math
 from pathlib import Path
 
+from align.config import load_pipeline
+from align.rewards.aux import combined_aux_rewards
+
 
 def _answers(folder: Path) -> dict[str, dict]:
     lines = (folder / "answers-trained.jsonl").read_text().splitlines()
     return {row["id"]: row for row in map(json.loads, lines)}
 
 
-def compare(upo: Path, dpo: Path) -> dict:
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean."""
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1) / len(xs))
+
+
+def compare(upo: Path, dpo: Path, pipeline: Path) -> dict:
     a, b = _answers(upo), _answers(dpo)
     ids = sorted(a.keys() & b.keys())
+    specs = load_pipeline(pipeline).train.aux_rewards
+    aux_a, _ = combined_aux_rewards(specs, [a[i]["response"] for i in ids])
+    aux_b, _ = combined_aux_rewards(specs, [b[i]["response"] for i in ids])
+    diff, diff_se = _mean_se([x - y for x, y in zip(aux_a, aux_b, strict=True)])
     wins = [
         1.0 if a[i]["reward"] > b[i]["reward"] else 0.5 if a[i]["reward"] == b[i]["reward"] else 0.0
         for i in ids
@@ -32,11 +47,16 @@ def compare(upo: Path, dpo: Path) -> dict:
     rate = sum(wins) / len(wins)
     sd = math.sqrt(sum((w - rate) ** 2 for w in wins) / max(len(wins) - 1, 1))
     mu, md = (json.loads((f / "metrics.json").read_text()) for f in (upo, dpo))
+    for aux, m, name in ((aux_a, mu, "upo"), (aux_b, md, "dpo")):
+        if len(ids) != m["n_prompts"] or abs(sum(aux) / len(aux) - m["aux_reward/trained"]) > 1e-9:
+            raise SystemExit(f"{name}: recomputed aux rewards do not match its metrics.json")
     return {
         "prompts": len(ids),
         "aux_reward/upo": mu["aux_reward/trained"],
         "aux_reward/dpo": md["aux_reward/trained"],
         "aux_reward/initial": md["aux_reward/initial"],
+        "aux_reward/upo_minus_dpo": diff,
+        "aux_reward/upo_minus_dpo_stderr": diff_se,
         "pref_reward/upo": mu["reward/trained"],
         "pref_reward/dpo": md["reward/trained"],
         "win_rate/upo_vs_dpo": rate,
@@ -49,9 +69,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("upo", type=Path, help="evaluate folder of the UPO run")
     parser.add_argument("dpo", type=Path, help="evaluate folder of the DPO run")
+    parser.add_argument(
+        "--pipeline",
+        type=Path,
+        default=Path("pipelines/upo-quickstart.yaml"),
+        help="the pipeline whose train.aux_rewards both runs used",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     args = parser.parse_args()
-    result = compare(args.upo, args.dpo)
+    result = compare(args.upo, args.dpo, args.pipeline)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
