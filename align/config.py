@@ -485,6 +485,8 @@ def _check_distributed(cfg: PipelineConfig) -> None:
             "train.distributed: online training runs in one process; remove train.distributed "
             "or use an offline loss"
         )
+    if dist.config is not None and not Path(dist.config).is_file():
+        return  # like a data file: the train stage refuses a missing one before it launches
     try:
         strategy = accelerate_strategy(dist.config)
     except ValueError as exc:

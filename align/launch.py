@@ -107,12 +107,16 @@ def launch_training(cfg: PipelineConfig, policy: Path, out: Path, stage_hash: st
 
     A process that stops on bad input raises its one-line AlignError here; any other failure
     raises RuntimeError (the processes' output, above it, says why)."""
+    try:
+        accelerate_strategy(cfg.train.distributed.config)
+    except ValueError as exc:
+        raise AlignError(f"train.distributed.config: {exc}") from None
     job, error = out / JOB, out / ERROR
     error.unlink(missing_ok=True)
     atomic_write_json(
         job,
         {
-            "config": cfg.model_dump(mode="json"),
+            "config": cfg.model_dump(mode="json", exclude_unset=True),  # re-validates as is
             "policy": str(policy),
             "out": str(out),
             "stage_hash": stage_hash,

@@ -219,22 +219,34 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
 def train_stage(
     cfg: PipelineConfig, out: Path, upstream: dict, stage_hash: str
 ) -> tuple[dict, list]:
-    from align.trainer import Trainer
-
     set_threads()
-    torch.manual_seed(cfg.train.seed)
     path = Path(upstream["prepare-model"]["summary"]["policy"]["path"])
     if cfg.train.online:  # samples and labels its own pairs from the prompts
         from align.online import OnlineTrainer
 
+        torch.manual_seed(cfg.train.seed)
         prompts = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
         ref = Path(upstream["prepare-model"]["summary"]["reference"]["path"])
         metrics = OnlineTrainer(cfg, path, ref, prompts, out, stage_hash).train()
-        return metrics, [out / "model" / "config.json"]
+    elif cfg.train.distributed is not None:  # each launched process runs train_offline
+        from align.launch import launch_training
+
+        metrics = launch_training(cfg, path, out, stage_hash)
+    else:
+        metrics = train_offline(cfg, path, out, stage_hash)
+    return metrics, [out / "model" / "config.json"]
+
+
+def train_offline(cfg: PipelineConfig, policy: Path, out: Path, stage_hash: str) -> dict:
+    """Train `policy` on the annotated (BMC: rewritten) records in this process, which may be
+    one of several under `accelerate launch`; returns the final metrics (empty on processes
+    other than the main one)."""
+    from align.trainer import Trainer
+
+    torch.manual_seed(cfg.train.seed)
     source = "rewrite" if cfg.rewrite is not None else "annotate"  # BMC: the rewritten pairs
     records = read_shards(Path(cfg.runs_dir) / cfg.name / source)
-    metrics = Trainer(cfg, path, records, out, stage_hash).train()
-    return metrics, [out / "model" / "config.json"]
+    return Trainer(cfg, policy, records, out, stage_hash).train()
 
 
 def evaluate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:

@@ -4,7 +4,10 @@ One optimizer step consumes `batch_size * grad_accum * world_size` prompts (each
 responses) from a stream of seeded per-epoch permutations, so a step's data depends only on its
 index: resume = load the checkpoint and continue at the next index. The loss of a step is the
 sum of per-prompt losses divided by the prompts in the step (rows without a usable preference
-contribute zero). Reference log-probs come precomputed from annotate.
+contribute zero). Under `accelerate launch` each process takes an equal slice of the step's
+prompts and divides its sum by its slice; DDP's mean over processes then gives the same global
+mean, and the logged figures are summed over the processes. Reference log-probs come
+precomputed from annotate.
 
 Two losses change the step (docs/bmc-upo.md):
 - BMC (`dpo_bmc`, `ipo_bmc`, `nca_pair_bmc`): per-token policy log-probs are weighted by the
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
@@ -45,6 +48,7 @@ from align.models import load_model, load_tokenizer
 from align.tokenize import encode_record
 from align.upo import ValueHead, prompt_hidden, upo_loss
 
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)  # weights split over processes
 VALUE_HEAD = "value_head.safetensors"  # UPO: beside trainable.safetensors and the final model
 UPO_KEYS = (
     "upo/total",
@@ -239,19 +243,20 @@ class Trainer:
     def _ckpt_dir(self, step: int) -> Path:
         return self.out / "checkpoints" / f"step-{step:06d}"
 
+    def _trainable_weights(self) -> dict[str, torch.Tensor]:
+        """The trainable weights, whole on the main process. Every process must call it: FSDP
+        and ZeRO-3 shard the weights, and gathering them is collective."""
+        if self.acc.distributed_type in SHARDED:  # full fine-tuning: align.config refuses LoRA
+            return {n: t.contiguous() for n, t in self.acc.get_state_dict(self.model).items()}
+        model = self.acc.unwrap_model(self.model)
+        return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
     def save_checkpoint(self) -> None:
+        weights = self._trainable_weights()
         if not self.acc.is_main_process:
             return
-        model = self.acc.unwrap_model(self.model)
         with atomic_dir(self._ckpt_dir(self.step)) as tmp:
-            save_file(
-                {
-                    n: p.detach().contiguous()
-                    for n, p in model.named_parameters()
-                    if p.requires_grad
-                },
-                tmp / "trainable.safetensors",
-            )
+            save_file(weights, tmp / "trainable.safetensors")
             self._save_value_head(tmp)
             torch.save(
                 {
@@ -329,6 +334,11 @@ class Trainer:
         if not ckpts:
             return
         latest = ckpts[-1]
+        if self.acc.distributed_type in SHARDED:
+            raise AlignError(
+                f"{latest}: resuming an FSDP or DeepSpeed run is not supported (its optimizer "
+                f"state is sharded); delete {latest.parent} to train from scratch"
+            )
         self._load_checkpoint(latest)
         self.step = steps[-1]
         log = self.out / "log.jsonl"
@@ -458,22 +468,33 @@ class Trainer:
             sums["loss"] += losses.detach().sum().item()
             n_pref += _add_pair_stats(sums, policy.detach().cpu(), ref, rewards, mask, beta)
         grad_norm = None
-        if self.tc.max_grad_norm is not None:
-            grad_norm = float(
-                self.acc.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
-            )
+        if self.tc.max_grad_norm is not None:  # DeepSpeed clips inside its engine: None
+            norm = self.acc.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
+            grad_norm = None if norm is None else float(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        row = {"loss": sums["loss"] / local}
+        world = self.acc.num_processes
+        total = self._sum_over_processes({**sums, **upo_sums, "n_pref": n_pref, "tokens": tokens})
+        row = {"loss": total["loss"] / (local * world)}
         for key in LOG_KEYS[1:]:
-            row[key] = sums[key] / n_pref if n_pref else float("nan")
-        row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens)
+            row[key] = total[key] / total["n_pref"] if total["n_pref"] else float("nan")
+        row.update(
+            lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=int(total["tokens"])
+        )
         if self.value_head is not None:
             row.update(
-                upo_sums, **{"upo/actor_on": self.step >= self.loss_params["aux_warmup_steps"]}
+                {k: total[k] / world for k in UPO_KEYS},
+                **{"upo/actor_on": self.step >= self.loss_params["aux_warmup_steps"]},
             )
         return row
+
+    def _sum_over_processes(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over the processes (one process: unchanged), so the log describes
+        the whole step rather than the main process's share of it."""
+        local = torch.tensor(list(values.values()), dtype=torch.float64, device=self.acc.device)
+        summed = self.acc.reduce(local, reduction="sum").tolist()
+        return dict(zip(values, summed, strict=True))
 
     # ---- the loop -----------------------------------------------------------------------
     def train(self, log_every: int = 1) -> dict:
@@ -509,6 +530,9 @@ class Trainer:
     def finish(self) -> dict:
         """Save the final model (LoRA merged), metrics.json and curves.csv."""
         self.acc.wait_for_everyone()
+        # sharded weights are gathered by every process; LoRA is never sharded (align.config)
+        sharded = self.acc.distributed_type in SHARDED
+        weights = self.acc.get_state_dict(self.model) if sharded else None
         rows = [json.loads(ln) for ln in (self.out / "log.jsonl").read_text().splitlines()]
         if not self.acc.is_main_process:
             return {}
@@ -516,7 +540,7 @@ class Trainer:
         if self.cfg.model.lora is not None:
             model = model.merge_and_unload()
         with atomic_dir(self.out / "model") as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
             self._save_value_head(tmp)
         keys = ["step", *LOG_KEYS, "lr"]

@@ -1,5 +1,5 @@
 """`align` command line: validate, plan, run (the Prefect flow), stage (what dvc.yaml calls),
-dvc (write dvc.yaml from a pipeline)."""
+dvc (write dvc.yaml from a pipeline), plots (the DVC plots as an offline HTML page)."""
 
 from __future__ import annotations
 
@@ -135,6 +135,16 @@ def cmd_dvc(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_plots(args: argparse.Namespace) -> int:
+    from align.pipeline import stage_folder
+    from align.plots_page import write_plots_page
+
+    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
+    output = Path(args.output) if args.output else stage_folder(cfg, "plots.html")
+    print(f"wrote {write_plots_page(cfg, output)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="default: dvc.yaml for the quickstart, else dvc/<name>/")
     p.add_argument("--check", action="store_true", help="exit 1 if the file differs")
     p.set_defaults(fn=cmd_dvc)
+    p = sub.add_parser("plots", help="the DVC plots as a self-contained HTML page (no network)")
+    _add_pipeline(p)
+    p.add_argument("--output", help="default: runs/<name>/plots.html")
+    p.set_defaults(fn=cmd_plots)
     return parser
 
 

@@ -91,7 +91,12 @@ def _dvc(project: Path, *args: str) -> str:
     return res.stdout + res.stderr
 
 
-def test_dvc_repro_skips_unchanged_and_reruns_downstream(project: Path) -> None:
+def tiny_dvc_project(
+    project: Path, drop: tuple[str, ...] = (), update: dict[str, dict] | None = None
+) -> tuple[dict, str]:
+    """Make `project` a git + DVC repo holding pipelines/tiny.yaml (the quickstart on the tiny
+    model with a handful of records, without the sections in `drop`, with the sections' keys
+    in `update` replaced) and its generated dvc/tiny/dvc.yaml; returns (the pipeline, its path)."""
     shutil.copytree(REPO / "align", project / "align", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / ".dvcignore", project / ".dvcignore")
     raw = yaml.safe_load((project / "pipelines/quickstart.yaml").read_text())
@@ -104,13 +109,20 @@ def test_dvc_repro_skips_unchanged_and_reruns_downstream(project: Path) -> None:
     raw["judge"]["backend"] = {"kind": "local", "model": "tiny", "max_new_tokens": 4}
     raw["judge"]["mtbench"].update(limit=1, max_new_tokens=4)
     raw["judge"]["alpacaeval"].update(limit=2, max_new_tokens=4)
+    for key in drop:
+        del raw[key]
+    for section, values in (update or {}).items():
+        raw[section].update(values)
     (project / "pipelines/tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     _dvc(project, "init", "-q")
     _dvc(project, "config", "core.analytics", "false")
     assert _align(project, "dvc", "pipelines/tiny.yaml").returncode == 0
-    dvcfile = "dvc/tiny/dvc.yaml"  # every pipeline but the quickstart gets its own nested file
+    return raw, "dvc/tiny/dvc.yaml"  # every pipeline but the quickstart gets its own nested file
 
+
+def test_dvc_repro_skips_unchanged_and_reruns_downstream(project: Path) -> None:
+    raw, dvcfile = tiny_dvc_project(project)
     first = _dvc(project, "repro", dvcfile)
     for stage in STAGES:
         assert f"Running stage '{dvcfile}:{stage}'" in first, first[-3000:]

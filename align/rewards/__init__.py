@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,8 @@ RewardFn = Callable[..., list[float]]
 
 
 def _import(module_name: str):
+    if os.getcwd() not in sys.path:  # `align` is a console script: its sys.path[0] is .venv/bin
+        sys.path.append(os.getcwd())
     try:
         return importlib.import_module(module_name)
     except ImportError as exc:
