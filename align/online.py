@@ -190,7 +190,7 @@ class OnlineTrainer(Trainer):
             p = self.preference(prompts, texts_y, self._decode(opps), columns)
             label = torch.tensor(p, dtype=torch.float64, device=self.acc.device)
             groups = [(self.prompts[i], [y, o]) for i, y, o in zip(idx, ys, opps, strict=True)]
-            with torch.no_grad():
+            with torch.no_grad(), self.acc.autocast():  # as the policy's: h = 0 at step 0
                 ref = shared_prompt_logps(self.ref, groups, self.tokenizer.pad_token_id)[0]
             ref = ref.view(-1, 2).double()
             sync = m == len(micro_batches) - 1
