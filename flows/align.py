@@ -3,7 +3,9 @@
 Each task is submitted with its stage hash; an unchanged stage is a cache hit (Prefect's
 task cache) or, when its folder is current, returns at once (the manifest check). Before any
 stage, a preflight stops a pipeline that needs a GPU on a machine without one; after the last,
-the run report is written and published as artifacts (flows/report.py).
+the run report is written and published as artifacts (flows/report.py), and with
+`record_dvc` the outputs go into dvc.lock (what the deployments do: nightly runs keep DVC's
+lineage current).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from align.errors import AlignError
 from align.history import keep_run
 from align.models import BUILT_IN
 from align.pipeline import plan
+from flows.dvc_record import record_in_dvc_lock
 from flows.report import publish
 from tasks.annotate import annotate_task
 from tasks.evaluate import evaluate_task
@@ -60,8 +63,14 @@ def preflight(cfg: PipelineConfig, pipeline: str) -> None:
 
 
 @flow(name="align", log_prints=True)
-def align_flow(pipeline: str, overrides: list[str] | None = None, smoke: bool = False) -> dict:
-    """Run every stage of `pipeline` (a YAML path) with `--set` overrides; returns the manifests."""
+def align_flow(
+    pipeline: str,
+    overrides: list[str] | None = None,
+    smoke: bool = False,
+    record_dvc: bool = False,
+) -> dict:
+    """Run every stage of `pipeline` (a YAML path) with `--set` overrides; returns the manifests.
+    `record_dvc`: afterwards, record the outputs in the pipeline's dvc.lock (flows/dvc_record)."""
     overrides = list(overrides or [])
     cfg = load_pipeline(pipeline, overrides, smoke)
     preflight(cfg, pipeline)
@@ -79,4 +88,6 @@ def align_flow(pipeline: str, overrides: list[str] | None = None, smoke: bool = 
     run_id = str(flow_run.get_id())
     logger.info("report: %s", publish(cfg, manifests, run_id=run_id))
     logger.info("this run's outputs kept in %s", keep_run(cfg, run_id))
+    if record_dvc:
+        logger.info(record_in_dvc_lock(pipeline, overrides, smoke))
     return manifests

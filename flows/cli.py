@@ -87,10 +87,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         for p in plan(cfg):
             _, ran = run_stage(cfg, p.name)
             print(f"{p.name}: {'done' if ran else 'up to date'}")
+        if args.record_dvc:
+            from flows.dvc_record import record_in_dvc_lock
+
+            print(record_in_dvc_lock(args.pipeline, args.overrides, args.smoke))
     else:
         from flows.align import align_flow
 
-        align_flow(args.pipeline, args.overrides, args.smoke)
+        align_flow(args.pipeline, args.overrides, args.smoke, args.record_dvc)
     print(f"pipeline {cfg.name} finished in {time.time() - started:.1f}s")
     evaluation = stage_folder(cfg, "evaluate") / "report.md"
     if evaluation.is_file():
@@ -157,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the whole pipeline through the Prefect flow 'align'")
     _add_pipeline(p)
     p.add_argument("--no-prefect", action="store_true", help="run the stages in-process, in order")
+    p.add_argument(
+        "--record-dvc", action="store_true", help="afterwards, record the outputs in dvc.lock"
+    )
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("stage", help="run one stage (what dvc.yaml calls)")
     _add_pipeline(p)

@@ -3,9 +3,10 @@
     python -m flows.deployments            # (re)write prefect.yaml in the current project
     python -m flows.deployments --check    # exit 1 when prefect.yaml disagrees with pipelines/
 
-Each deployment is `align/<pipeline name>`: flow `align`, the pipeline path with empty overrides
-and smoke off as parameters, the shared settings of `definitions` (process work pool, module
-entrypoint, tags). A pipeline opts into a schedule with a top-level key in its YAML:
+Each deployment is `align/<pipeline name>`: flow `align`, the pipeline path with empty overrides,
+smoke off and record_dvc on (a run updates dvc.lock; flows/dvc_record.py) as parameters, the
+shared settings of `definitions` (process work pool, module entrypoint, tags). A pipeline opts
+into a schedule with a top-level key in its YAML:
 
     schedule: {cron: "0 2 * * *", timezone: UTC}   # timezone optional, UTC by default
 
@@ -122,7 +123,8 @@ def render(deployments: list[Deployment]) -> str:
             "  - <<: *align_deployment",
             f"    name: {_quote(d.name)}",
             f"    description: {_quote(d.description or f'pipeline {d.pipeline}')}",
-            f"    parameters: {{pipeline: {_quote(d.pipeline)}, overrides: [], smoke: false}}",
+            f"    parameters: {{pipeline: {_quote(d.pipeline)}, overrides: [], smoke: false, "
+            "record_dvc: true}",
         ]
         if d.cron:
             lines += [

@@ -45,7 +45,12 @@ def test_prefect_yaml_has_one_deployment_per_pipeline_and_nothing_else() -> None
     hint = "prefect.yaml disagrees with pipelines/: run `python -m flows.deployments`"
     assert set(deployed) == set(pipelines), hint
     for name, d in deployed.items():
-        assert d["parameters"] == {"pipeline": pipelines[name], "overrides": [], "smoke": False}
+        assert d["parameters"] == {
+            "pipeline": pipelines[name],
+            "overrides": [],
+            "smoke": False,
+            "record_dvc": True,
+        }
         assert d["entrypoint"] == ENTRYPOINT
         assert d["work_pool"]["name"] == WORK_POOL
     steps = [next(iter(step)) for step in spec["pull"]]

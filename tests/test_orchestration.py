@@ -137,3 +137,27 @@ def test_dvc_repro_skips_unchanged_and_reruns_downstream(project: Path) -> None:
     third = _dvc(project, "repro", dvcfile)
     ran = set(re.findall(r"Running stage '[\w/.]+:([\w-]+)'", third))
     assert ran == {"train", "evaluate", "judge"}, third[-2000:]
+
+
+def test_a_recorded_run_leaves_dvc_up_to_date(project: Path) -> None:
+    """`align run --record-dvc` (what the deployments do) writes the pipeline's dvc.lock, so DVC
+    sees every stage as current; a run with `--set` overrides is not recorded (other params)."""
+    _, dvcfile = tiny_dvc_project(project, drop=("evaluate", "judge"))
+    lock = project / "dvc/tiny/dvc.lock"
+    run = ["run", "pipelines/tiny.yaml", "--no-prefect", "--record-dvc"]
+    over = _align(project, *run, "--set", "train.max_steps=1")
+    assert over.returncode == 0, over.stderr[-2000:]
+    assert "dvc.lock left alone: overrides ['train.max_steps=1']" in over.stdout
+    assert not lock.exists()
+
+    done = _align(project, *run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "recorded this run's outputs, deps and params in dvc/tiny/dvc.lock" in done.stdout
+    assert set(yaml.safe_load(lock.read_text())["stages"]) == {
+        "prepare-model",
+        "sample",
+        "annotate",
+        "train",
+    }
+    again = _dvc(project, "repro", dvcfile)
+    assert "Running stage" not in again, again[-2000:]
