@@ -57,6 +57,12 @@ def answer(model_path: Path, records: list[dict], cfg: PipelineConfig, label: st
     return texts
 
 
+def pairwise_wins(a: list[float], b: list[float]) -> list[float]:
+    """Per prompt, 1 where a's reward beats b's, 1/2 on a tie, else 0 (the mean is a's win
+    rate over b)."""
+    return [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True)]
+
+
 def evaluate(cfg: PipelineConfig, initial: Path, trained: Path, out: Path) -> dict:
     records = load_records(cfg.data.eval, cfg.data.system_prompt, "data.eval")[: cfg.evaluate.limit]
     scorer = Scorer(cfg.eval_reward)
@@ -74,10 +80,7 @@ def evaluate(cfg: PipelineConfig, initial: Path, trained: Path, out: Path) -> di
         atomic_write_text(
             out / f"answers-{label}.jsonl", "".join(json.dumps(x) + "\n" for x in rows)
         )
-    wins = [
-        1.0 if t > i else 0.5 if t == i else 0.0
-        for i, t in zip(scores["initial"], scores["trained"], strict=True)
-    ]
+    wins = pairwise_wins(scores["trained"], scores["initial"])
     n = len(records)
     metrics = {
         "n_prompts": n,

@@ -23,26 +23,20 @@ samples per second.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from align.config import PipelineConfig
 from align.evaluate import RESERVED
-from align.io import atomic_dir, atomic_write_json, atomic_write_text
-from align.logprobs import model_sequence_logps, shared_prompt_logps
+from align.logprobs import shared_prompt_logps
 from align.losses import online_loss
 from align.mixture import sample_mixture
 from align.models import load_model, load_tokenizer
 from align.preference import Preference
 from align.tokenize import check_prompt_lengths, encode_prompt
-from align.trainer import Trainer, _nanmean
+from align.trainer import Trainer, trainable_policy
 
 ONLINE_LOG_KEYS = (
     "loss",
@@ -64,6 +58,9 @@ def mixture_weights(loss: str, params: dict) -> tuple[float, float]:
 class OnlineTrainer(Trainer):
     """Online training of the policy against a frozen reference; `train()` as offline."""
 
+    log_keys = ONLINE_LOG_KEYS
+    progress = "train (online)"
+
     def __init__(
         self,
         cfg: PipelineConfig,
@@ -73,11 +70,7 @@ class OnlineTrainer(Trainer):
         out: Path,
         stage_hash: str,
     ):
-        self.cfg, self.tc, self.out, self.stage_hash = cfg, cfg.train, out, stage_hash
-        self.acc = Accelerator(
-            mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
-            cpu=not torch.cuda.is_available(),
-        )
+        self._start(cfg, out, stage_hash)
         self.tokenizer = load_tokenizer(policy_path)
         if self.tc.prompt_overflow == "error":
             check_prompt_lengths(
@@ -90,29 +83,11 @@ class OnlineTrainer(Trainer):
         # prompt indices: the inherited `_micro_batches` then yields index lists
         self.examples = list(range(len(records)))
         self.ref = load_model(ref_path, cfg.model.dtype).requires_grad_(False)
-        model = _trainable(load_model(policy_path, cfg.model.dtype), cfg)
-        self.per_step = self.tc.batch_size * self.tc.grad_accum * self.acc.num_processes
-        self.total_steps = self.tc.max_steps or math.ceil(
-            self.tc.epochs * len(records) / self.per_step
-        )
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=self.tc.learning_rate,
-            weight_decay=self.tc.weight_decay,
-        )
-        self.scheduler = get_scheduler(
-            self.tc.lr_scheduler,
-            optimizer,
-            num_warmup_steps=math.ceil(self.tc.warmup_ratio * self.total_steps),
-            num_training_steps=self.total_steps,
-        )
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self._optimize(trainable_policy(load_model(policy_path, cfg.model.dtype), cfg), [])
         self.ref.to(self.acc.device)
         self.loss_name, self.loss_params = cfg.train.loss.name, cfg.train.loss.params()
         self.preference = Preference(cfg.train.preference)
         self.ref_texts: dict[int, str] = {}
-        self.value_head = None  # the inherited checkpointing saves one for UPO only
-        self.step = 0
 
     # ---- sampling -----------------------------------------------------------------------
     def _sample(self, idx: list[int], beta: float, seeds: list[int]) -> list[list[int]]:
@@ -154,14 +129,6 @@ class OnlineTrainer(Trainer):
         return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
     # ---- one optimizer step --------------------------------------------------------------
-    def _pair_logps(self, groups: list[tuple[list[int], list[list[int]]]]) -> torch.Tensor:
-        """Policy log-probs [B, 2] of each prompt's (y, y'), with gradient."""
-        pad = self.tokenizer.pad_token_id
-        if self.tc.gradient_checkpointing:
-            pairs = [(p, r) for p, rs in groups for r in rs]
-            return model_sequence_logps(self.model, pairs, pad)[0].view(-1, 2)
-        return shared_prompt_logps(self.model, groups, pad)[0].view(-1, 2)
-
     def train_step(self) -> dict[str, float]:
         local = self.tc.batch_size * self.tc.grad_accum
         w_y, w_opp = mixture_weights(self.loss_name, self.loss_params)
@@ -196,7 +163,7 @@ class OnlineTrainer(Trainer):
             sync = m == len(micro_batches) - 1
             ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
             with ctx, self.acc.autocast():
-                policy = self._pair_logps(groups).double()
+                policy = self._sequence_logps(groups)[0].view(-1, 2).double()
                 losses = online_loss(self.loss_name, policy, ref, label, **self.loss_params)
                 self.acc.backward(losses.sum() / local)
             lengths = [len(y) + len(o) for y, o in zip(ys, opps, strict=True)]
@@ -209,14 +176,7 @@ class OnlineTrainer(Trainer):
             if self.tc.rollout.win_rate:
                 wins = self.preference(prompts, texts_y, self._reference_texts(idx), columns)
                 sums["win_rate/vs_reference"] += sum(wins)
-        grad_norm = None
-        if self.tc.max_grad_norm is not None:
-            grad_norm = float(
-                self.acc.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
-            )
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self._optimizer_step()
         row = {k: sums[k] / local for k in ONLINE_LOG_KEYS}
         if not self.tc.rollout.win_rate:
             row["win_rate/vs_reference"] = float("nan")
@@ -224,71 +184,18 @@ class OnlineTrainer(Trainer):
         row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens)
         return row
 
-    # ---- the loop -----------------------------------------------------------------------
-    def train(self, log_every: int = 1) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.try_resume()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train (online)", unit="step")
-        log = self.out / "log.jsonl"
-        while self.step < self.total_steps:
-            row = self.train_step()
-            self.step += 1
-            if self.acc.is_main_process:
-                with open(log, "a") as f:
-                    f.write(json.dumps({"step": self.step, **row}) + "\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", p=f"{row['preference/mean']:.3f}")
-            if self.step % self.tc.save_steps == 0 or self.step == self.total_steps:
-                self.save_checkpoint()
-        bar.close()
-        self.preference.close()
-        return self.finish()
+    # ---- the loop: Trainer's, with these hooks -------------------------------------------
+    def train(self) -> dict:
+        try:
+            return super().train()
+        finally:
+            self.preference.close()
 
-    def finish(self) -> dict:
-        """Save the final model (LoRA merged), metrics.json and curves.csv."""
-        self.acc.wait_for_everyone()
-        if not self.acc.is_main_process:
-            return {}
-        rows = [json.loads(ln) for ln in (self.out / "log.jsonl").read_text().splitlines()]
-        model = self.acc.unwrap_model(self.model)
-        if self.cfg.model.lora is not None:
-            model = model.merge_and_unload()
-        with atomic_dir(self.out / "model") as tmp:
-            model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-        keys = ["step", *ONLINE_LOG_KEYS, "lr"]
-        lines = [",".join(keys)] + [",".join(str(r.get(k)) for k in keys) for r in rows]
-        atomic_write_text(self.out / "curves.csv", "\n".join(lines) + "\n")
-        tail = rows[-max(1, len(rows) // 10) :]
-        metrics = {
-            "steps": self.step,
-            "prompts": len(self.records),
-            **{f"final/{k}": _nanmean([r[k] for r in tail]) for k in ONLINE_LOG_KEYS},
-            "first/loss": rows[0]["loss"],
-        }
+    def _postfix(self, row: dict) -> dict[str, str]:
+        return {"loss": f"{row['loss']:.4f}", "p": f"{row['preference/mean']:.3f}"}
+
+    def _run_metrics(self, rows: list[dict]) -> dict:
+        metrics: dict = {"prompts": len(self.records)}
         if self.tc.rollout.win_rate:
             metrics["first/win_rate/vs_reference"] = rows[0]["win_rate/vs_reference"]
-        atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
-
-
-def _trainable(model, cfg: PipelineConfig):
-    """The policy in training mode, with LoRA adapters and gradient checkpointing if set."""
-    if cfg.model.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        lc = cfg.model.lora
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lc.r,
-                lora_alpha=lc.alpha,
-                lora_dropout=lc.dropout,
-                target_modules=lc.target_modules,
-                task_type="CAUSAL_LM",
-            ),
-        )
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.train()
-    return model

@@ -28,15 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedType
+from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from align.bmc import bmc_batch_logps
 from align.config import PipelineConfig
 from align.errors import AlignError
 from align.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from align.launch import SHARDED
 from align.logprobs import (
     model_sequence_logps,
     packed_token_logps,
@@ -48,7 +49,6 @@ from align.models import load_model, load_tokenizer
 from align.tokenize import encode_record
 from align.upo import ValueHead, prompt_hidden, upo_loss
 
-SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)  # weights split over processes
 VALUE_HEAD = "value_head.safetensors"  # UPO: beside trainable.safetensors and the final model
 UPO_KEYS = (
     "upo/total",
@@ -165,55 +165,83 @@ def _scatter(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def trainable_policy(model: PreTrainedModel, cfg: PipelineConfig) -> PreTrainedModel:
+    """The policy in training mode, with LoRA adapters (`model.lora`) and gradient
+    checkpointing (`train.gradient_checkpointing`) when the config asks for them."""
+    if cfg.model.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lc = cfg.model.lora
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lc.r,
+                lora_alpha=lc.alpha,
+                lora_dropout=lc.dropout,
+                target_modules=lc.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    return model
+
+
 class Trainer:
+    """Offline training on annotated records. Subclasses (align/online.py) share the run
+    layout: `_start`, `_optimize`, checkpoints and resume, the loop and `finish`; they set
+    `log_keys` and `progress` and supply `train_step`, `_postfix` and `_run_metrics`."""
+
+    log_keys: tuple[str, ...] = LOG_KEYS  # per-step quantities: curves.csv and final/* metrics
+    progress = "train"  # the progress bar's label
+
     def __init__(
         self, cfg: PipelineConfig, model_path: Path, records: list[dict], out: Path, stage_hash: str
     ):
-        self.cfg, self.tc, self.out, self.stage_hash = cfg, cfg.train, out, stage_hash
-        self.acc = Accelerator(
-            mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
-            cpu=not torch.cuda.is_available(),
-        )
+        self._start(cfg, out, stage_hash)
         self.tokenizer = load_tokenizer(model_path)
         self.examples = build_examples(records, self.tokenizer, cfg)
-        model = load_model(model_path, cfg.model.dtype)
-        if cfg.model.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            lc = cfg.model.lora
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=lc.r,
-                    lora_alpha=lc.alpha,
-                    lora_dropout=lc.dropout,
-                    target_modules=lc.target_modules,
-                    task_type="CAUSAL_LM",
-                ),
-            )
-        if self.tc.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
+        model = trainable_policy(load_model(model_path, cfg.model.dtype), cfg)
         self.spec = get_loss(cfg.train.loss.name)
         self.loss_params = cfg.train.loss.params()
-        groups: list[dict] = [{"params": params}]
-        self.value_head: ValueHead | None = None
+        value_groups: list[dict] = []
         if self.spec.kind == "upo":
             self.value_head = ValueHead(model.config.hidden_size).to(model.device).train()
-            groups.append(
+            value_groups.append(
                 {
                     "params": list(self.value_head.parameters()),
                     "lr": float(self.loss_params["value_lr"]),
                     "weight_decay": 0.0,
                 }
             )
+        self._optimize(model, value_groups)
+        self.pref_name, self.pref_params = self._preference_loss()
+
+    def _start(self, cfg: PipelineConfig, out: Path, stage_hash: str) -> None:
+        """The run's settings, its `Accelerator` (bf16 autocast when `train.precision` says so)
+        and step 0."""
+        self.cfg, self.tc, self.out, self.stage_hash = cfg, cfg.train, out, stage_hash
+        self.acc = Accelerator(
+            mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
+            cpu=not torch.cuda.is_available(),
+        )
+        self.value_head: ValueHead | None = None  # UPO only; saved with every checkpoint
+        self.step = 0
+
+    def _optimize(self, model: PreTrainedModel, extra_groups: list[dict]) -> None:
+        """Steps of the run (`train.max_steps`, else `epochs` over `self.examples` at
+        batch_size x grad_accum x processes per step), AdamW over the model's trainable
+        parameters plus `extra_groups`, the learning-rate schedule; prepared by accelerate."""
         self.per_step = self.tc.batch_size * self.tc.grad_accum * self.acc.num_processes
         self.total_steps = self.tc.max_steps or math.ceil(
             self.tc.epochs * len(self.examples) / self.per_step
         )
+        params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            groups, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay
+            [{"params": params}, *extra_groups],
+            lr=self.tc.learning_rate,
+            weight_decay=self.tc.weight_decay,
         )
         self.scheduler = get_scheduler(
             self.tc.lr_scheduler,
@@ -227,8 +255,6 @@ class Trainer:
             )
         else:
             self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.pref_name, self.pref_params = self._preference_loss()
-        self.step = 0
 
     def _preference_loss(self) -> tuple[str, dict]:
         """The loss the trainer feeds to `kwise_loss`: the configured one, or for UPO the
@@ -364,25 +390,32 @@ class Trainer:
         ]
         return [[self.examples[i] for i in m] for m in micro]
 
+    @property
+    def _share_prompt(self) -> bool:
+        """Run each prompt once for all its responses (`train.share_prompt`); gradient
+        checkpointing needs the plain full-sequence forward."""
+        return self.tc.share_prompt and not self.tc.gradient_checkpointing
+
     def _sequence_logps(
-        self, batch: list[Example], pairs: list[tuple[list[int], list[int]]]
+        self, groups: list[tuple[list[int], list[list[int]]]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy log-probs of every (prompt, response) row, flattened in example order."""
-        if self.tc.share_prompt and not self.tc.gradient_checkpointing:
-            groups = [(e.prompt, e.responses) for e in batch]
-            return shared_prompt_logps(self.model, groups, self.tokenizer.pad_token_id)
-        return model_sequence_logps(self.model, pairs, self.tokenizer.pad_token_id)
+        """Policy log-probs [N] and token counts [N] of every response of the (prompt,
+        [responses]) groups, flattened in group order."""
+        pad = self.tokenizer.pad_token_id
+        if self._share_prompt:
+            return shared_prompt_logps(self.model, groups, pad)
+        return model_sequence_logps(self.model, [(p, r) for p, rs in groups for r in rs], pad)
 
     def _policy_logps(
         self, batch: list[Example], pairs: list[tuple[list[int], list[int]]]
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(policy log-probs [N], BMC-weighted reference log-probs [N] or None, token counts
         [N]) of every row, flattened in example order."""
+        groups = [(e.prompt, e.responses) for e in batch]
         if self.spec.token_weights != "bmc":
-            logps, counts = self._sequence_logps(batch, pairs)
+            logps, counts = self._sequence_logps(groups)
             return logps, None, counts
-        if self.tc.share_prompt and not self.tc.gradient_checkpointing:
-            groups = [(e.prompt, e.responses) for e in batch]
+        if self._share_prompt:
             tok, r_mask = shared_prompt_token_logps(self.model, groups, self.tokenizer.pad_token_id)
         else:
             tok, r_mask = packed_token_logps(self.model, pairs, self.tokenizer.pad_token_id)
@@ -459,21 +492,14 @@ class Trainer:
                     terms, aux = self._upo_terms(batch, policy, n_tok, mask_d, losses)
                     objective = terms.total * len(batch) / local
                     share = len(batch) / local
-                    upo_sums["upo/total"] += terms.total.item() * share
-                    upo_sums["upo/actor"] += terms.actor.item() * share
-                    upo_sums["upo/value"] += terms.value.item() * share
-                    upo_sums["upo/aux_reward"] += aux.mean().item() * share
+                    values = (terms.total, terms.actor, terms.value, aux.mean())
+                    for key, value in zip(UPO_KEYS, values, strict=True):
+                        upo_sums[key] += value.item() * share
                 self.acc.backward(objective)
             tokens += sum(len(p) + len(r) for p, r in pairs)
             sums["loss"] += losses.detach().sum().item()
             n_pref += _add_pair_stats(sums, policy.detach().cpu(), ref, rewards, mask, beta)
-        grad_norm = None
-        if self.tc.max_grad_norm is not None:  # DeepSpeed clips inside its engine: None
-            norm = self.acc.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
-            grad_norm = None if norm is None else float(norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self._optimizer_step()
         world = self.acc.num_processes
         total = self._sum_over_processes({**sums, **upo_sums, "n_pref": n_pref, "tokens": tokens})
         row = {"loss": total["loss"] / (local * world)}
@@ -489,6 +515,19 @@ class Trainer:
             )
         return row
 
+    def _optimizer_step(self) -> float | None:
+        """Clip (`train.max_grad_norm`), step the optimizer and the schedule, clear the
+        gradients; returns the gradient norm before clipping (None when not clipped, or when
+        DeepSpeed clips inside its engine)."""
+        grad_norm = None
+        if self.tc.max_grad_norm is not None:
+            norm = self.acc.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
+            grad_norm = None if norm is None else float(norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
     def _sum_over_processes(self, values: dict[str, float]) -> dict[str, float]:
         """Each value summed over the processes (one process: unchanged), so the log describes
         the whole step rather than the main process's share of it."""
@@ -497,13 +536,15 @@ class Trainer:
         return dict(zip(values, summed, strict=True))
 
     # ---- the loop -----------------------------------------------------------------------
-    def train(self, log_every: int = 1) -> dict:
+    def train(self) -> dict:
+        """Resume from the newest checkpoint if any, run the remaining steps (one log.jsonl
+        row each, checkpoints every `save_steps` and at the end), then `finish`."""
         self.out.mkdir(parents=True, exist_ok=True)
         self.try_resume()
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
-            desc="train",
+            desc=self.progress,
             unit="step",
             disable=not self.acc.is_main_process,
         )
@@ -521,11 +562,19 @@ class Trainer:
                 with open(log, "a") as f:
                     f.write(json.dumps(row) + "\n")
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", margin=f"{row['rewards/margin']:.3f}")
+            bar.set_postfix(self._postfix(row))
             if self.step % self.tc.save_steps == 0 or self.step == self.total_steps:
                 self.save_checkpoint()
         bar.close()
         return self.finish()
+
+    def _postfix(self, row: dict) -> dict[str, str]:
+        """What the progress bar shows of a step's log row."""
+        return {"loss": f"{row['loss']:.4f}", "margin": f"{row['rewards/margin']:.3f}"}
+
+    def _run_metrics(self, rows: list[dict]) -> dict:
+        """metrics.json entries besides steps, final/* and first/loss."""
+        return {"examples": len(self.examples)}
 
     def finish(self) -> dict:
         """Save the final model (LoRA merged), metrics.json and curves.csv."""
@@ -543,7 +592,7 @@ class Trainer:
             model.save_pretrained(tmp, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
             self._save_value_head(tmp)
-        keys = ["step", *LOG_KEYS, "lr"]
+        keys = ["step", *self.log_keys, "lr"]
         csv = (
             ",".join(keys)
             + "\n"
@@ -553,10 +602,10 @@ class Trainer:
         tail = rows[-max(1, len(rows) // 10) :]
         metrics = {
             "steps": self.step,
-            "examples": len(self.examples),
-            **{f"final/{k}": _nanmean([r[k] for r in tail]) for k in LOG_KEYS},
+            **{f"final/{k}": _nanmean([r[k] for r in tail]) for k in self.log_keys},
             "first/loss": rows[0]["loss"],
             "tokens_per_s": _nanmean([r["tokens_per_s"] for r in rows]),
+            **self._run_metrics(rows),
         }
         atomic_write_json(self.out / "metrics.json", metrics)
         return metrics

@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 from align.config import load_pipeline
+from align.evaluate import pairwise_wins
 from align.rewards.aux import combined_aux_rewards
 
 
@@ -40,12 +41,8 @@ def compare(upo: Path, dpo: Path, pipeline: Path) -> dict:
     aux_a, _ = combined_aux_rewards(specs, [a[i]["response"] for i in ids])
     aux_b, _ = combined_aux_rewards(specs, [b[i]["response"] for i in ids])
     diff, diff_se = _mean_se([x - y for x, y in zip(aux_a, aux_b, strict=True)])
-    wins = [
-        1.0 if a[i]["reward"] > b[i]["reward"] else 0.5 if a[i]["reward"] == b[i]["reward"] else 0.0
-        for i in ids
-    ]
-    rate = sum(wins) / len(wins)
-    sd = math.sqrt(sum((w - rate) ** 2 for w in wins) / max(len(wins) - 1, 1))
+    wins = pairwise_wins([a[i]["reward"] for i in ids], [b[i]["reward"] for i in ids])
+    rate, rate_se = _mean_se(wins)
     mu, md = (json.loads((f / "metrics.json").read_text()) for f in (upo, dpo))
     for aux, m, name in ((aux_a, mu, "upo"), (aux_b, md, "dpo")):
         if len(ids) != m["n_prompts"] or abs(sum(aux) / len(aux) - m["aux_reward/trained"]) > 1e-9:
@@ -60,7 +57,7 @@ def compare(upo: Path, dpo: Path, pipeline: Path) -> dict:
         "pref_reward/upo": mu["reward/trained"],
         "pref_reward/dpo": md["reward/trained"],
         "win_rate/upo_vs_dpo": rate,
-        "win_rate/stderr": sd / math.sqrt(len(wins)),
+        "win_rate/stderr": rate_se,
         "ties": sum(w == 0.5 for w in wins),
     }
 
