@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from align.config import PipelineConfig
-from align.io import atomic_write_json
+from align.io import atomic_dir, atomic_write_json
 from align.pipeline import MANIFEST, plan, stage_folder
 
 SKIP = {"checkpoints"}  # intermediate trainer checkpoints: only the final model is kept
@@ -37,23 +37,20 @@ def keep_run(cfg: PipelineConfig, run_id: str, now: datetime | None = None) -> P
     history/<YYYYmmddTHHMMSSZ>-<run_id[:8]>/ with a lineage.json (stage hashes and inputs);
     returns that folder. Written to a temporary name and renamed, so it is complete or absent."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    root = Path(cfg.runs_dir) / cfg.name / "history"
-    final = root / f"{stamp}-{run_id[:8]}"
-    partial = root / f".{final.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    final = Path(cfg.runs_dir) / cfg.name / "history" / f"{stamp}-{run_id[:8]}"
     lineage = {"pipeline": cfg.name, "run_id": run_id, "time": stamp, "stages": {}}
-    for p in plan(cfg):
-        if not (p.folder / MANIFEST).is_file():
-            continue
-        lineage["stages"][p.name] = {"stage_hash": p.stage_hash, "inputs": p.inputs}
-        for src in sorted(p.folder.rglob("*")):
-            rel = src.relative_to(p.folder)
-            if src.is_file() and not SKIP.intersection(rel.parts):
-                _file_into(src, partial / p.name / rel)
-    base = stage_folder(cfg, "")
-    for extra in [base / "report.md", *sorted((base / "plots").glob("*.png"))]:
-        if extra.is_file():
-            _file_into(extra, partial / extra.relative_to(base))
-    atomic_write_json(partial / "lineage.json", lineage)
-    partial.rename(final)
+    with atomic_dir(final) as tmp:
+        for p in plan(cfg):
+            if not (p.folder / MANIFEST).is_file():
+                continue
+            lineage["stages"][p.name] = {"stage_hash": p.stage_hash, "inputs": p.inputs}
+            for src in sorted(p.folder.rglob("*")):
+                rel = src.relative_to(p.folder)
+                if src.is_file() and not SKIP.intersection(rel.parts):
+                    _file_into(src, tmp / p.name / rel)
+        base = stage_folder(cfg, "")
+        for extra in [base / "report.md", *sorted((base / "plots").glob("*.png"))]:
+            if extra.is_file():
+                _file_into(extra, tmp / extra.relative_to(base))
+        atomic_write_json(tmp / "lineage.json", lineage)
     return final

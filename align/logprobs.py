@@ -61,7 +61,8 @@ def model_sequence_logps(
     return sequence_logps(logits, ids, resp)
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token rows padded on the left to one width: (ids [N, W], attention mask [N, W])."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -110,7 +111,7 @@ def shared_prompt_token_logps(
     `model_sequence_logps` on the concatenated rows, with the prompt tokens computed once
     instead of K times; differentiable through the shared prompt."""
     device = model.device
-    p_ids, p_mask = _left_pad([p for p, _ in groups], pad_id)
+    p_ids, p_mask = left_pad([p for p, _ in groups], pad_id)
     p_ids, p_mask = p_ids.to(device), p_mask.to(device)
     prompt_out = model(
         input_ids=p_ids,

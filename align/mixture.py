@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from align.logprobs import _left_pad
+from align.logprobs import left_pad
 
 
 def geometric_mixture_logprobs(policy_logits: Tensor, ref_logits: Tensor, beta: float) -> Tensor:
@@ -127,7 +127,7 @@ def sample_mixture(
     if len(generators) != len(prompts):
         raise ValueError(f"{len(generators)} generators for {len(prompts)} prompts; pass one each")
     device = policy.device
-    ids, mask = (t.to(device) for t in _left_pad(prompts, pad_id))
+    ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
     weighted = [(policy, 1.0 - beta), (ref, beta)]  # a weight-0 model is not run
     streams = [_Stream(m, ids, mask, use_cache) for m, w in weighted if w > 0]
     logits = [s.first() for s in streams]

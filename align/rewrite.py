@@ -60,6 +60,7 @@ Reply with the revised draft only.
 {loser}"""
 LENGTH_SLACK = 16  # tokens allowed beyond max_length_ratio x the loser's length
 FALLBACKS = ("failed", "empty", "truncated", "unchanged")
+REWRITTEN = ("ok", "shortened")  # the other statuses: the original winner kept
 LABEL = re.compile(r"^\s*(revised( draft| answer| response)?|rewrite|answer)\s*:\s*", re.I)
 FENCE = re.compile(r"^```[\w-]*\n(.*)\n```$", re.S)
 
@@ -177,7 +178,7 @@ def pair_records(
     rows = []
     for (rec, w, lo), (text, status) in zip(pairs, texts, strict=True):
         finished = rec.get("finished") or [True] * len(rec["responses"])
-        rewritten = status in ("ok", "shortened")
+        rewritten = status in REWRITTEN
         row = {
             **{k: v for k, v in rec.items() if k not in ("ref_logps", "n_tokens", "aux_rewards")},
             "responses": [text, rec["responses"][lo]],
@@ -240,7 +241,7 @@ def summarise(rows: list[dict], skipped: int, stats: dict) -> dict:
     """Manifest figures: how many pairs were modified, why the others fell back, how much of
     the pseudo-winners the diff marks."""
     status = [r["rewrite"] for r in rows]
-    modified = sum(s in ("ok", "shortened") for s in status)
+    modified = sum(s in REWRITTEN for s in status)
     marked = [sum(r["diff_masks"][0]) / max(len(r["diff_masks"][0]), 1) for r in rows]
     return {
         "pairs": len(rows),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from align.tokenize import prompt_text
+from align.tokenize import encode_prompt
 
 
 def vllm_installed() -> bool:
@@ -45,14 +45,7 @@ class VLLMSampler:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        requests = [
-            TokensPrompt(
-                prompt_token_ids=tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)[
-                    "input_ids"
-                ]
-            )
-            for p in prompts
-        ]
+        requests = [TokensPrompt(prompt_token_ids=encode_prompt(tokenizer, p)) for p in prompts]
         params = [
             SamplingParams(
                 n=k,

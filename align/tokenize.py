@@ -18,10 +18,11 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str
 
 
 def encode_prompt(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_len: int
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_len: int | None = None
 ) -> list[int]:
+    """The chat-templated prompt's ids (no second BOS), keeping its last `max_len` if given."""
     ids = tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False).input_ids
-    return ids[-max_len:]
+    return ids if max_len is None else ids[-max_len:]
 
 
 def encode_response(
