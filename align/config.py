@@ -192,7 +192,7 @@ class AnnotateConfig(Strict):
 class AuxRewardConfig(Strict):
     """One designer reward of UPO: a registered function (align/rewards/aux.py) and its weight."""
 
-    fn: str  # a name in align.rewards.aux.AUX_REWARDS: readability, brevity, safety
+    fn: str  # a name in align.rewards.aux.AUX_REWARDS: readability, brevity, sentence_end, safety
     weight: float = Field(1.0, ge=0)
     model: str | None = None  # safety only: a local HF sequence-classification folder
 

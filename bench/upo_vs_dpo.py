@@ -8,7 +8,11 @@ count 1/2. The auxiliary rewards are recomputed per answer from the pipeline's
 `train.aux_rewards` (they must reproduce each run's metrics.json), so the UPO - DPO difference
 gets a paired standard error. Standard errors treat prompts as independent.
 
-    python -m bench.upo_vs_dpo runs/compare/upo runs/compare/dpo [--pipeline P]
+Given several (UPO, DPO) pairs, one per training seed (`--set train.seed=S` on both runs), it
+also prints each figure's mean over the pairs with its standard error across seeds, the noise
+that matters when one run decides the comparison.
+
+    python -m bench.upo_vs_dpo UPO_EVAL DPO_EVAL [UPO_EVAL DPO_EVAL ...] [--pipeline P]
 """
 
 from __future__ import annotations
@@ -62,10 +66,27 @@ def compare(upo: Path, dpo: Path, pipeline: Path) -> dict:
     }
 
 
+def across_seeds(runs: list[dict]) -> dict:
+    """Mean over the pairs and standard error across them of each per-pair figure."""
+    keys = (
+        "aux_reward/upo",
+        "aux_reward/dpo",
+        "aux_reward/upo_minus_dpo",
+        "pref_reward/upo",
+        "pref_reward/dpo",
+        "win_rate/upo_vs_dpo",
+    )
+    out: dict = {"seeds": len(runs)}
+    for key in keys:
+        out[key], out[f"{key}_stderr"] = _mean_se([r[key] for r in runs])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("upo", type=Path, help="evaluate folder of the UPO run")
-    parser.add_argument("dpo", type=Path, help="evaluate folder of the DPO run")
+    parser.add_argument(
+        "folders", type=Path, nargs="+", help="evaluate folders: UPO, DPO (then more pairs)"
+    )
     parser.add_argument(
         "--pipeline",
         type=Path,
@@ -74,7 +95,11 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     args = parser.parse_args()
-    result = compare(args.upo, args.dpo, args.pipeline)
+    if len(args.folders) % 2:
+        parser.error("give evaluate folders in (UPO, DPO) pairs")
+    pairs = list(zip(args.folders[::2], args.folders[1::2], strict=True))
+    runs = [compare(upo, dpo, args.pipeline) for upo, dpo in pairs]
+    result = runs[0] if len(runs) == 1 else {"pairs": runs, "across_seeds": across_seeds(runs)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

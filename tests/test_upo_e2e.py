@@ -15,7 +15,7 @@ from align.io import read_json
 from align.models import load_tokenizer, resolve_model
 from align.pipeline import run_stage, stage_folder
 from align.records import read_shards
-from align.rewards.aux import brevity, combined_aux_rewards, readability, safety
+from align.rewards.aux import brevity, combined_aux_rewards, readability, safety, sentence_end
 from align.trainer import VALUE_HEAD, Trainer
 from align.upo import ValueHead
 
@@ -66,6 +66,11 @@ def test_readability_is_the_papers_grade_mapping() -> None:
 def test_brevity_is_linear_between_5_and_25_words() -> None:
     texts = ["7", " ".join(["w"] * 5), " ".join(["w"] * 15), " ".join(["w"] * 30)]
     assert brevity(texts) == pytest.approx([1.0, 1.0, 0.5, 0.0])
+
+
+def test_sentence_end_scores_finished_sentences() -> None:
+    texts = ["64.", "64", 'The answer is "22".', "cut off mid", "Yes!  \n", "ok.)", "", "1. The"]
+    assert sentence_end(texts) == [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
 
 
 def test_combined_rewards_are_the_weighted_sum() -> None:

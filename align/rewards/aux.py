@@ -73,6 +73,16 @@ def brevity(completions: list[str], model: str | None = None) -> list[float]:
     ]
 
 
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*\Z")
+
+
+def sentence_end(completions: list[str], model: str | None = None) -> list[float]:
+    """A style target: 1 when the response ends as a finished sentence (``.``, ``!`` or ``?``,
+    optionally followed by closing quotes or brackets, trailing whitespace ignored), else 0.
+    Cut-off responses and bare fragments score 0."""
+    return [float(SENTENCE_END.search(text.rstrip()) is not None) for text in completions]
+
+
 @cache
 def _classifier(source: str):
     from transformers import AutoModelForSequenceClassification
@@ -109,6 +119,7 @@ def safety(completions: list[str], model: str | None = None, batch_size: int = 1
 AUX_REWARDS: dict[str, AuxFn] = {
     "readability": readability,
     "brevity": brevity,
+    "sentence_end": sentence_end,
     "safety": safety,
 }
 
