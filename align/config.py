@@ -288,7 +288,9 @@ class TrainConfig(Strict):
     grad_accum: int = Field(1, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, fp32 master weights
+    # bf16: autocast over fp32 weights; bf16_weights: bf16 weights and activations, fp32 master
+    # copies in the optimizer (align/precision.py; faster on CPU, one process or DDP)
+    precision: Literal["fp32", "bf16", "bf16_weights"] = "fp32"
     max_length: int = Field(1024, gt=0)  # prompt + response tokens
     max_prompt_length: int = Field(512, gt=0)  # prompt tokens (chat template included)
     # a longer prompt: 'error' names the record; 'keep_end' cuts it from the left (NCA recipe)
@@ -496,6 +498,12 @@ def _check_distributed(cfg: PipelineConfig) -> None:
             f"train.distributed.config: {dist.config} shards the model ({strategy}) but "
             "model.lora is set; use configs/accelerate/ddp.yaml (a LoRA model's base weights fit "
             "each GPU) or remove model.lora"
+        )
+    if strategy in SHARDED and cfg.train.precision == "bf16_weights":
+        raise ValueError(
+            f"train.precision: bf16_weights keeps fp32 master weights in our optimizer, which "
+            f"{dist.config} ({strategy}) replaces; use precision bf16 or "
+            "configs/accelerate/ddp.yaml"
         )
     if strategy == "DEEPSPEED" and cfg.train.grad_accum != 1:
         raise ValueError(

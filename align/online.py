@@ -82,8 +82,8 @@ class OnlineTrainer(Trainer):
         ]
         # prompt indices: the inherited `_micro_batches` then yields index lists
         self.examples = list(range(len(records)))
-        self.ref = load_model(ref_path, cfg.model.dtype).requires_grad_(False)
-        self._optimize(trainable_policy(load_model(policy_path, cfg.model.dtype), cfg), [])
+        self.ref = load_model(ref_path, self.weights_dtype).requires_grad_(False)
+        self._optimize(trainable_policy(load_model(policy_path, self.weights_dtype), cfg), [])
         self.ref.to(self.acc.device)
         self.loss_name, self.loss_params = cfg.train.loss.name, cfg.train.loss.params()
         self.preference = Preference(cfg.train.preference)

@@ -46,6 +46,7 @@ from align.logprobs import (
 )
 from align.losses import best_worst_pairs, get_loss, kwise_loss
 from align.models import load_model, load_tokenizer
+from align.precision import MasterWeights, weights_dtype
 from align.tokenize import encode_record
 from align.upo import ValueHead, prompt_hidden, upo_loss
 
@@ -202,7 +203,7 @@ class Trainer:
         self._start(cfg, out, stage_hash)
         self.tokenizer = load_tokenizer(model_path)
         self.examples = build_examples(records, self.tokenizer, cfg)
-        model = trainable_policy(load_model(model_path, cfg.model.dtype), cfg)
+        model = trainable_policy(load_model(model_path, self.weights_dtype), cfg)
         self.spec = get_loss(cfg.train.loss.name)
         self.loss_params = cfg.train.loss.params()
         value_groups: list[dict] = []
@@ -222,6 +223,8 @@ class Trainer:
         """The run's settings, its `Accelerator` (bf16 autocast when `train.precision` says so)
         and step 0."""
         self.cfg, self.tc, self.out, self.stage_hash = cfg, cfg.train, out, stage_hash
+        self.weights_dtype = weights_dtype(self.tc.precision, cfg.model.dtype)
+        self.master: MasterWeights | None = None  # bf16_weights only: the optimizer's fp32 copy
         self.acc = Accelerator(
             mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
             cpu=not torch.cuda.is_available(),
@@ -238,6 +241,12 @@ class Trainer:
             self.tc.epochs * len(self.examples) / self.per_step
         )
         params = [p for p in model.parameters() if p.requires_grad]
+        if self.tc.precision == "bf16_weights":
+            model.to(self.acc.device)  # the masters live beside their parameters
+            self.master = MasterWeights(
+                [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            )
+            params = self.master.masters
         optimizer = torch.optim.AdamW(
             [{"params": params}, *extra_groups],
             lr=self.tc.learning_rate,
@@ -274,6 +283,8 @@ class Trainer:
         and ZeRO-3 shard the weights, and gathering them is collective."""
         if self.acc.distributed_type in SHARDED:  # full fine-tuning: align.config refuses LoRA
             return {n: t.contiguous() for n, t in self.acc.get_state_dict(self.model).items()}
+        if self.master is not None:
+            return self.master.state_dict()
         model = self.acc.unwrap_model(self.model)
         return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -333,6 +344,8 @@ class Trainer:
             missing = model.load_state_dict(weights, strict=False)
             if missing.unexpected_keys or trainable - set(weights):
                 raise ValueError("its parameter names differ from this model's")
+            if self.master is not None:
+                self.master.load_state_dict(weights)
             if self.value_head is not None:
                 self.acc.unwrap_model(self.value_head).load_state_dict(load_file(ckpt / VALUE_HEAD))
             # weights_only: tensors and plain containers, never arbitrary pickled objects
@@ -441,7 +454,7 @@ class Trainer:
         value head reading each prompt's last hidden state. policy, n_tok, mask: [B, K]."""
         p = self.loss_params
         hidden = prompt_hidden(self.model, [e.prompt for e in batch], self.tokenizer.pad_token_id)
-        values = self.value_head(hidden)  # [B]
+        values = self.value_head(hidden.float())  # [B]
         aux = torch.zeros(mask.shape, dtype=torch.float64, device=policy.device)
         for b, e in enumerate(batch):
             aux[b, : len(e.aux_rewards)] = torch.tensor(e.aux_rewards, dtype=torch.float64)
@@ -520,10 +533,16 @@ class Trainer:
         gradients; returns the gradient norm before clipping (None when not clipped, or when
         DeepSpeed clips inside its engine)."""
         grad_norm = None
+        params = self.model.parameters()
+        if self.master is not None:
+            self.master.grads_to_masters()
+            params = self.master.masters
         if self.tc.max_grad_norm is not None:
-            norm = self.acc.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
+            norm = self.acc.clip_grad_norm_(params, self.tc.max_grad_norm)
             grad_norm = None if norm is None else float(norm)
         self.optimizer.step()
+        if self.master is not None:
+            self.master.masters_to_model()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
@@ -586,6 +605,9 @@ class Trainer:
         if not self.acc.is_main_process:
             return {}
         model = self.acc.unwrap_model(self.model)
+        if self.master is not None:  # save the fp32 masters, not their bf16 rounding
+            model.float()
+            self.master.masters_to_model()
         if self.cfg.model.lora is not None:
             model = model.merge_and_unload()
         with atomic_dir(self.out / "model") as tmp:

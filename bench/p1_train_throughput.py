@@ -36,9 +36,10 @@ SETTINGS = {
     "TRL defaults fp32": ("trl", {"precompute": False, "bf16": False, "defaults": True}),
     "TRL precomputed ref fp32": ("trl", {"precompute": True, "bf16": False}),
     "TRL precomputed ref bf16": ("trl", {"precompute": True, "bf16": True}),
-    "ours fp32": ("ours", {"bf16": False, "share_prompt": False}),
-    "ours fp32 + shared prompt": ("ours", {"bf16": False, "share_prompt": True}),
-    "ours bf16 + shared prompt": ("ours", {"bf16": True, "share_prompt": True}),
+    "ours fp32": ("ours", {"precision": "fp32", "share_prompt": False}),
+    "ours fp32 + shared prompt": ("ours", {"precision": "fp32", "share_prompt": True}),
+    "ours bf16 + shared prompt": ("ours", {"precision": "bf16", "share_prompt": True}),
+    "ours bf16 weights + shared": ("ours", {"precision": "bf16_weights", "share_prompt": True}),
 }
 TARGETS = [  # (label, ours, TRL, target ratio)
     ("ours fp32 vs TRL defaults fp32", "ours fp32 + shared prompt", "TRL defaults fp32", 1.5),
@@ -70,13 +71,19 @@ def our_run(
     args: argparse.Namespace,
     out: Path,
     *,
-    bf16: bool,
+    precision: str,
     share_prompt: bool,
 ) -> tuple[float, float]:
     from bench.ours import our_trainer
 
     trainer = our_trainer(
-        path, rows, args.batch, out, bf16=bf16, share_prompt=share_prompt, max_steps=args.steps + 1
+        path,
+        rows,
+        args.batch,
+        out,
+        precision=precision,
+        share_prompt=share_prompt,
+        max_steps=args.steps + 1,
     )
     first = trainer.train_step()
     trainer.step += 1
@@ -146,6 +153,7 @@ def main() -> int:
         ("ours fp32", tokens),
         ("ours fp32 + shared prompt", shared_tokens),
         ("ours bf16 + shared prompt", shared_tokens),
+        ("ours bf16 weights + shared", shared_tokens),
     ):
         precision = "bf16" if "bf16" in name else "fp32"
         achieved = 6 * n_params * processed / res[name]["seconds"]

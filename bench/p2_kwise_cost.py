@@ -58,7 +58,7 @@ def run_ours(path: Path, data: list[dict], args: argparse.Namespace, out: Path) 
         [],
         args.prompts,
         out,
-        bf16=False,
+        precision="fp32",
         share_prompt=True,
         max_steps=args.steps + 1,
         loss={"name": "nca", "beta": 0.1},
@@ -91,7 +91,7 @@ def run_trl(path: Path, data: list[dict], args: argparse.Namespace, out: Path) -
         args.steps,
         out,
         precompute=True,
-        bf16=False,
+        precision="fp32",
     )
     return seconds
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from accelerate.state import AcceleratorState
 
 from align.quickstart_data import write_quickstart_data
 
@@ -20,6 +21,12 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("align-cache")
     os.environ["ALIGN_CACHE"] = str(cache)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state() -> None:
+    """accelerate keeps one mixed-precision setting per process; each test sets its own."""
+    AcceleratorState._reset_state()
 
 
 @pytest.fixture

@@ -146,7 +146,7 @@ def test_number_for_a_bool_loss_parameter(make_pipeline: MakePipeline) -> None:
 @pytest.mark.parametrize(
     ("section", "key", "value", "valid"),
     [
-        ("train", "precision", "fp16", "'fp32' or 'bf16'"),
+        ("train", "precision", "fp16", "'fp32', 'bf16' or 'bf16_weights'"),
         ("train", "lr_scheduler", "cosin", "'cosine', 'linear' or 'constant'"),
         ("model", "dtype", "fp16", "'float32' or 'bfloat16'"),
         ("sample", "dtype", "half", "'float32' or 'bfloat16'"),
@@ -178,7 +178,8 @@ def test_several_problems_are_all_reported_on_one_line(make_pipeline: MakePipeli
     problems = [p for p in parts if p.startswith(f"{path}: ")]
     assert len(problems) == 2
     assert any(p.startswith(f"{path}: sample.temprature: unknown key") for p in problems)
-    assert f"{path}: train.precision: 'fp16' is not one of 'fp32' or 'bf16'" in problems
+    valid = "'fp32', 'bf16' or 'bf16_weights'"
+    assert f"{path}: train.precision: 'fp16' is not one of {valid}" in problems
 
 
 def test_malformed_yaml_reports_the_line(tmp_path: Path) -> None:

@@ -103,6 +103,14 @@ def test_deepspeed_config_without_deepspeed_names_the_field() -> None:
     assert "uses DeepSpeed, which is not installed here" in message
 
 
+def test_sharded_training_refuses_bf16_weights() -> None:
+    fsdp = f"train.distributed={{num_processes: 2, config: {CONFIGS / 'fsdp.yaml'}}}"
+    message = _error("quickstart.yaml", fsdp, "train.precision=bf16_weights")
+    assert "quickstart.yaml: train.precision: bf16_weights keeps fp32 master weights" in message
+    assert "(FSDP) replaces; use precision bf16 or configs/accelerate/ddp.yaml" in message
+    load_pipeline(REPO / "pipelines/quickstart.yaml", [fsdp, "train.precision=bf16"])
+
+
 def test_deepspeed_needs_grad_accum_1(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("align.launch.deepspeed_installed", lambda: True)
     zero3 = f"train.distributed={{num_processes: 2, config: {CONFIGS / 'zero3.yaml'}}}"

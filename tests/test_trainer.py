@@ -86,12 +86,15 @@ class _Crash(Exception):
     pass
 
 
+@pytest.mark.parametrize("precision", ["bf16", "bf16_weights"])
 def test_resume_gives_identical_weights_and_log(
-    project: Path, monkeypatch: pytest.MonkeyPatch
+    project: Path, monkeypatch: pytest.MonkeyPatch, precision: str
 ) -> None:
     """Batch 2 x grad_accum 2 over 6 records (does not divide), crash right after the step-2
-    checkpoint, resume: the same final weights and a gap-free log as an uninterrupted run."""
+    checkpoint, resume: the same final weights and a gap-free log as an uninterrupted run
+    (bf16_weights: the checkpoint's fp32 masters restore the optimizer's view exactly)."""
     cfg = _cfg(
+        f"train.precision={precision}",
         "train.max_steps=5",
         "train.save_steps=2",
         "train.batch_size=2",
