@@ -1,12 +1,55 @@
 """Per-token and per-sequence log-probabilities of response tokens.
 
 Every (prompt, response) pair of a batch is one right-padded row; only response positions count.
+The vocabulary softmax runs through `selected_logps`, a few rows at a time in fp32, so no fp32
+copy of the [N, T, V] logits is ever made (on the embedded model's 49k vocabulary that copy and
+an unfused logsumexp over it were a third of a training step).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+SOFTMAX_ROWS = 16  # rows of [V] per fp32 chunk: 16 x 49k x 4 B = 3 MB, cache-sized on CPUs
+
+
+class _SelectedLogps(torch.autograd.Function):
+    """log_softmax(logits)[target] row by row in chunks of at least fp32 precision; backward
+    g * (onehot(target) - softmax(logits))."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        out = torch.empty(targets.shape, dtype=dtype, device=logits.device)
+        for n, s, e in _chunks(targets.shape):
+            logp = torch.log_softmax(logits[n, s:e].to(dtype), dim=-1)
+            out[n, s:e] = logp.gather(-1, targets[n, s:e, None]).squeeze(-1)
+        ctx.save_for_backward(logits, targets)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        logits, targets = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for n, s, e in _chunks(targets.shape):
+            g = grad[n, s:e, None]
+            p = torch.softmax(logits[n, s:e].to(g.dtype), dim=-1).mul_(-g)
+            grad_logits[n, s:e] = p.scatter_add_(-1, targets[n, s:e, None], g)
+        return grad_logits, None
+
+
+def _chunks(shape: torch.Size):
+    """(row n, start, end) covering an [N, T] grid SOFTMAX_ROWS positions at a time."""
+    for n in range(shape[0]):
+        for s in range(0, shape[1], SOFTMAX_ROWS):
+            yield n, s, min(s + SOFTMAX_ROWS, shape[1])
+
+
+def selected_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits)[n, t, targets[n, t]]: logits [N, T, V] (bf16/fp32/fp64, views welcome),
+    targets [N, T] -> [N, T] in fp32 (fp64 for fp64 logits), SOFTMAX_ROWS positions at a time."""
+    return _SelectedLogps.apply(logits, targets)
 
 
 def pack_rows(
@@ -30,11 +73,7 @@ def token_logps(logits: Tensor, input_ids: Tensor, response_mask: Tensor) -> Ten
     """log p(token_t | tokens_<t) at response positions, 0 elsewhere: logits [N, T, V] -> [N, T-1].
 
     Position t of the result scores input_ids[:, t+1] (the causal shift)."""
-    logits = logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    picked = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1)
-    logps = picked - torch.logsumexp(logits, dim=-1)
-    return logps * response_mask[:, 1:]
+    return selected_logps(logits[:, :-1], input_ids[:, 1:]) * response_mask[:, 1:]
 
 
 def sequence_logps(
@@ -133,7 +172,7 @@ def shared_prompt_token_logps(
         past_key_values=cache,
         use_cache=True,
     )
-    # logits that score response token t: the prompt's last position for t = 0, else t - 1
-    logits = torch.cat([prompt_out.logits[owners, -1:], out.logits[:, :-1]], dim=1).float()
-    picked = torch.gather(logits, 2, r_ids.unsqueeze(-1)).squeeze(-1)
-    return (picked - torch.logsumexp(logits, dim=-1)) * r_mask, r_mask
+    # response token t is scored by the prompt's last position for t = 0, else by position t - 1
+    first = selected_logps(prompt_out.logits[owners, -1:], r_ids[:, :1])
+    rest = selected_logps(out.logits[:, :-1], r_ids[:, 1:])
+    return torch.cat([first, rest], dim=1) * r_mask, r_mask

@@ -91,7 +91,7 @@ def run_trl(path: Path, data: list[dict], args: argparse.Namespace, out: Path) -
         args.steps,
         out,
         precompute=True,
-        precision="fp32",
+        bf16=False,
     )
     return seconds
 

@@ -64,3 +64,40 @@ def test_shared_prompt_equals_full_rows_in_value_and_gradient() -> None:
     assert n_full.tolist() == n_shared.tolist() == [3, 1, 4, 2, 1]
     assert torch.allclose(full, shared, atol=1e-5)
     assert torch.allclose(grad_full, grad_shared, atol=1e-5)
+
+
+def test_selected_logps_matches_log_softmax_in_value_and_gradient() -> None:
+    """The chunked softmax == gathering from a full log_softmax, across chunk boundaries
+    (T = 37 is not a multiple of SOFTMAX_ROWS), on a non-contiguous view, and passes gradcheck."""
+    from align.logprobs import SOFTMAX_ROWS, selected_logps
+
+    torch.manual_seed(0)
+    assert 37 % SOFTMAX_ROWS
+    logits = (torch.randn(2, 38, 11, dtype=torch.float64) * 3).requires_grad_()
+    targets = torch.randint(0, 11, (2, 37))
+    weights = torch.randn(2, 37, dtype=torch.float64)
+    ours = selected_logps(logits[:, :-1], targets)
+    (ours * weights).sum().backward()
+    grad_ours, logits.grad = logits.grad.clone(), None
+    full = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    (full * weights).sum().backward()
+    assert torch.allclose(ours, full, atol=1e-12) and ours.dtype == torch.float64
+    assert torch.allclose(grad_ours, logits.grad, atol=1e-12)
+    assert grad_ours[:, -1].abs().sum() == 0  # the dropped last position gets no gradient
+    small = logits.detach()[:1, :3, :5].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: selected_logps(x, targets[:1, :3] % 5), (small,))
+
+
+def test_selected_logps_of_bf16_logits_is_fp32_and_matches_upcast() -> None:
+    from align.logprobs import selected_logps
+
+    torch.manual_seed(1)
+    logits = (torch.randn(3, 20, 50) * 4).bfloat16().requires_grad_()
+    targets = torch.randint(0, 50, (3, 20))
+    ours = selected_logps(logits, targets)
+    ours.sum().backward()
+    ref = torch.log_softmax(logits.detach().float(), -1).gather(-1, targets[..., None])[..., 0]
+    assert ours.dtype == torch.float32 and torch.allclose(ours, ref, atol=1e-6)
+    # d/dz sum_t log p(y_t) = onehot(y_t) - softmax(z_t): each position's gradient sums to 0
+    assert logits.grad.dtype == torch.bfloat16
+    assert logits.grad.float().sum(-1).abs().max() < 2e-2
