@@ -1,9 +1,9 @@
 """Per-token and per-sequence log-probabilities of response tokens.
 
 Every (prompt, response) pair of a batch is one right-padded row; only response positions count.
-The vocabulary softmax runs through `selected_logps`, a few rows at a time in fp32, so no fp32
-copy of the [N, T, V] logits is ever made (on the embedded model's 49k vocabulary that copy and
-an unfused logsumexp over it were a third of a training step).
+The vocabulary softmax runs through `selected_logps`, a chunk of positions at a time in fp32, so
+no fp32 copy of the [N, T, V] logits is ever made (on the embedded model's 49k vocabulary that
+copy and an unfused logsumexp over it were a third of a training step).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SOFTMAX_ROWS = 16  # rows of [V] per fp32 chunk: 16 x 49k x 4 B = 3 MB, cache-sized on CPUs
+# fp32 elements per softmax chunk: 4 MB, cache-sized on a CPU (21 positions of a 49k vocabulary);
+# 256 MB on a GPU, where a chunk is then a whole row of the batch and the loop launches few kernels.
+CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
 class _SelectedLogps(torch.autograd.Function):
@@ -22,7 +24,7 @@ class _SelectedLogps(torch.autograd.Function):
     def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
         dtype = torch.promote_types(logits.dtype, torch.float32)
         out = torch.empty(targets.shape, dtype=dtype, device=logits.device)
-        for n, s, e in _chunks(targets.shape):
+        for n, s, e in _chunks(logits):
             logp = torch.log_softmax(logits[n, s:e].to(dtype), dim=-1)
             out[n, s:e] = logp.gather(-1, targets[n, s:e, None]).squeeze(-1)
         ctx.save_for_backward(logits, targets)
@@ -32,23 +34,27 @@ class _SelectedLogps(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         logits, targets = ctx.saved_tensors
         grad_logits = torch.empty_like(logits)
-        for n, s, e in _chunks(targets.shape):
+        for n, s, e in _chunks(logits):
             g = grad[n, s:e, None]
             p = torch.softmax(logits[n, s:e].to(g.dtype), dim=-1).mul_(-g)
             grad_logits[n, s:e] = p.scatter_add_(-1, targets[n, s:e, None], g)
         return grad_logits, None
 
 
-def _chunks(shape: torch.Size):
-    """(row n, start, end) covering an [N, T] grid SOFTMAX_ROWS positions at a time."""
-    for n in range(shape[0]):
-        for s in range(0, shape[1], SOFTMAX_ROWS):
-            yield n, s, min(s + SOFTMAX_ROWS, shape[1])
+def _chunks(logits: Tensor):
+    """(row n, start, end) covering the [N, T] positions of logits [N, T, V], each chunk at most
+    CHUNK_ELEMENTS[device] elements (at least one position)."""
+    n_rows, width, vocab = logits.shape
+    budget = CHUNK_ELEMENTS.get(logits.device.type, CHUNK_ELEMENTS["cpu"])
+    step = max(1, budget // vocab)
+    for n in range(n_rows):
+        for s in range(0, width, step):
+            yield n, s, min(s + step, width)
 
 
 def selected_logps(logits: Tensor, targets: Tensor) -> Tensor:
     """log softmax(logits)[n, t, targets[n, t]]: logits [N, T, V] (bf16/fp32/fp64, views welcome),
-    targets [N, T] -> [N, T] in fp32 (fp64 for fp64 logits), SOFTMAX_ROWS positions at a time."""
+    targets [N, T] -> [N, T] in fp32 (fp64 for fp64 logits), one `_chunks` chunk at a time."""
     return _SelectedLogps.apply(logits, targets)
 
 

@@ -31,15 +31,14 @@ def trl_calls(monkeypatch: pytest.MonkeyPatch) -> list[inspect.BoundArguments]:
     return calls
 
 
-def test_p1_every_setting_runs_or_binds(trl_calls: list, tmp_path: Path) -> None:
+def test_p1_every_setting_runs_or_binds(trl_calls: list) -> None:
     args = argparse.Namespace(model="tiny", steps=1, batch=2, prompt_len=8, response_len=8)
     for name, (side, _) in p1_train_throughput.SETTINGS.items():
         AcceleratorState._reset_state()  # the bench runs each setting in its own process
         result = p1_train_throughput.one(name, args)
         if side == "ours":
             assert result["seconds"] > 0 and math.isfinite(result["logps"]) and result["logps"] < 0
-    trl_settings = [n for n, (side, _) in p1_train_throughput.SETTINGS.items() if side == "trl"]
-    assert len(trl_calls) == len(trl_settings)
+    assert len(trl_calls) == sum(side == "trl" for side, _ in p1_train_throughput.SETTINGS.values())
 
 
 def test_p2_both_sides_run_or_bind(trl_calls: list, tmp_path: Path) -> None:

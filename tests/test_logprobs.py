@@ -66,13 +66,17 @@ def test_shared_prompt_equals_full_rows_in_value_and_gradient() -> None:
     assert torch.allclose(grad_full, grad_shared, atol=1e-5)
 
 
-def test_selected_logps_matches_log_softmax_in_value_and_gradient() -> None:
+def test_selected_logps_matches_log_softmax_in_value_and_gradient(monkeypatch) -> None:
     """The chunked softmax == gathering from a full log_softmax, across chunk boundaries
-    (T = 37 is not a multiple of SOFTMAX_ROWS), on a non-contiguous view, and passes gradcheck."""
-    from align.logprobs import SOFTMAX_ROWS, selected_logps
+    (16-position chunks; T = 37 is not a multiple of 16), on a non-contiguous view, and passes
+    gradcheck."""
+    from align import logprobs
+    from align.logprobs import selected_logps
 
+    monkeypatch.setitem(logprobs.CHUNK_ELEMENTS, "cpu", 16 * 11)  # 16 positions of 11 logits
     torch.manual_seed(0)
-    assert 37 % SOFTMAX_ROWS
+    step = logprobs.CHUNK_ELEMENTS["cpu"] // 11
+    assert step == 16 and 37 % step
     logits = (torch.randn(2, 38, 11, dtype=torch.float64) * 3).requires_grad_()
     targets = torch.randint(0, 11, (2, 37))
     weights = torch.randn(2, 37, dtype=torch.float64)
