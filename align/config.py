@@ -291,6 +291,9 @@ class TrainConfig(Strict):
     # bf16: autocast over fp32 weights; bf16_weights: bf16 weights and activations, fp32 master
     # copies in the optimizer (align/precision.py; faster on CPU, one process or DDP)
     precision: Literal["fp32", "bf16", "bf16_weights"] = "fp32"
+    # the trained policy's attention: 'sdpa' (torch's fused kernel, least memory) or 'matmul'
+    # (grouped batched matmuls, align/attention.py; faster for bf16 on CPU, O(T^2) memory)
+    attention: Literal["sdpa", "matmul"] = "sdpa"
     max_length: int = Field(1024, gt=0)  # prompt + response tokens
     max_prompt_length: int = Field(512, gt=0)  # prompt tokens (chat template included)
     # a longer prompt: 'error' names the record; 'keep_end' cuts it from the left (NCA recipe)

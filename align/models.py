@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from align.attention import MATMUL_ATTENTION
 from align.errors import AlignError
 from align.io import atomic_dir, exclusive_lock, sha256_file, sha256_text
 
@@ -179,20 +180,23 @@ def load_tokenizer(path: Path | str, role: str = "policy") -> PreTrainedTokenize
     return tokenizer
 
 
-def load_model(path: Path | str, dtype: str = "float32") -> PreTrainedModel:
-    """Causal LM from a prepared folder in `dtype`, in eval mode."""
+ATTENTION = {"sdpa": "sdpa", "matmul": MATMUL_ATTENTION}  # train.attention -> transformers'
+
+
+def load_model(
+    path: Path | str, dtype: str = "float32", attention: str = "sdpa"
+) -> PreTrainedModel:
+    """Causal LM from a prepared folder in `dtype` with `attention` (a key of ATTENTION), in
+    eval mode."""
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], use_safetensors=True, **SAFE
+        path,
+        dtype=DTYPES[dtype],
+        attn_implementation=ATTENTION[attention],
+        use_safetensors=True,
+        **SAFE,
     )
     model.eval()
     return model
-
-
-def set_threads() -> None:
-    """Use every core the process may run on (torch defaults can undercount in containers)."""
-    n = len(os.sched_getaffinity(0))
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 @functools.cache

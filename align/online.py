@@ -83,7 +83,10 @@ class OnlineTrainer(Trainer):
         # prompt indices: the inherited `_micro_batches` then yields index lists
         self.examples = list(range(len(records)))
         self.ref = load_model(ref_path, self.weights_dtype).requires_grad_(False)
-        self._optimize(trainable_policy(load_model(policy_path, self.weights_dtype), cfg), [])
+        self._optimize(
+            trainable_policy(load_model(policy_path, self.weights_dtype, self.tc.attention), cfg),
+            [],
+        )
         self.ref.to(self.acc.device)
         self.loss_name, self.loss_params = cfg.train.loss.name, cfg.train.loss.params()
         self.preference = Preference(cfg.train.preference)

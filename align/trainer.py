@@ -203,7 +203,7 @@ class Trainer:
         self._start(cfg, out, stage_hash)
         self.tokenizer = load_tokenizer(model_path)
         self.examples = build_examples(records, self.tokenizer, cfg)
-        model = trainable_policy(load_model(model_path, self.weights_dtype), cfg)
+        model = trainable_policy(load_model(model_path, self.weights_dtype, self.tc.attention), cfg)
         self.spec = get_loss(cfg.train.loss.name)
         self.loss_params = cfg.train.loss.params()
         value_groups: list[dict] = []

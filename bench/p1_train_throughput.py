@@ -2,9 +2,13 @@
 
 Same model, same rows (prompt, chosen, rejected of fixed token lengths), same batch, AdamW,
 same learning rate; each setting runs in its own process (a clean accelerate state and its own
-peak RSS), one warm-up step and then `--steps` timed optimizer steps. Prints tokens/s per
+peak RSS), `--warmup` untimed steps and then `--steps` timed optimizer steps. Prints tokens/s per
 setting, the ratios the issue sets targets for, our achieved 6 * params * tokens FLOP/s over
 this CPU's matmul peak measured in the same run (P4), and peak RSS (P5).
+
+Our settings run as every align stage does, with glibc's freed large blocks kept on the heap
+(align/runtime.py); TRL's run with glibc's defaults, plus one TRL setting with the kept heap and
+one of ours without it, to show what that setting alone is worth to each.
 
 Tokens: P1 counts the nominal batch * 2 * (prompt + response) tokens of a pair batch for every
 setting (what TRL processes, so the ratios compare the same work). P4 counts the tokens a
@@ -13,7 +17,7 @@ setting actually runs through the model: with a shared prompt that is batch * (p
 setting disagrees with TRL on the first step's chosen log-probs (a fast wrong answer never
 counts).
 
-    python -m bench.p1_train_throughput [--model embedded|tiny] [--steps 3] [--batch 4]
+    python -m bench.p1_train_throughput [--model embedded|tiny] [--steps 3] [--warmup 2] [--batch 4]
 """
 
 from __future__ import annotations
@@ -30,16 +34,26 @@ from pathlib import Path
 
 import torch
 
+from align.runtime import keep_freed_memory
 from bench.common import banner, matmul_peak, model_path, pair_rows
 
-SETTINGS = {
+SETTINGS = {  # name: (side, options); `heap`: glibc's default or align's kept heap (runtime.py)
     "TRL defaults fp32": ("trl", {"precompute": False, "bf16": False, "defaults": True}),
     "TRL precomputed ref fp32": ("trl", {"precompute": True, "bf16": False}),
     "TRL precomputed ref bf16": ("trl", {"precompute": True, "bf16": True}),
+    "TRL precomputed bf16, kept heap": ("trl", {"precompute": True, "bf16": True, "heap": "kept"}),
     "ours fp32": ("ours", {"precision": "fp32", "share_prompt": False}),
     "ours fp32 + shared prompt": ("ours", {"precision": "fp32", "share_prompt": True}),
     "ours bf16 + shared prompt": ("ours", {"precision": "bf16", "share_prompt": True}),
     "ours bf16 weights + shared": ("ours", {"precision": "bf16_weights", "share_prompt": True}),
+    "ours bf16 w., glibc heap": (
+        "ours",
+        {"precision": "bf16_weights", "share_prompt": True, "heap": "default"},
+    ),
+    "ours bf16 w. + matmul attn": (
+        "ours",
+        {"precision": "bf16_weights", "share_prompt": True, "attention": "matmul"},
+    ),
 }
 TARGETS = [  # (label, ours, TRL, target ratio)
     ("ours fp32 vs TRL defaults fp32", "ours fp32 + shared prompt", "TRL defaults fp32", 1.5),
@@ -52,13 +66,19 @@ TARGETS = [  # (label, ours, TRL, target ratio)
 def one(name: str, args: argparse.Namespace) -> dict:
     """Run one setting in this process; returns seconds/step, first logps/chosen, peak RSS."""
     side, opts = SETTINGS[name]
+    opts = dict(opts)
+    if opts.pop("heap", "kept" if side == "ours" else "default") == "kept":
+        keep_freed_memory()  # what every align stage does first
     path = model_path(args.model)
-    rows = pair_rows(path, args.batch * (args.steps + 1), args.prompt_len, args.response_len)
+    n_rows = args.batch * (args.warmup + args.steps)
+    rows = pair_rows(path, n_rows, args.prompt_len, args.response_len)
     with tempfile.TemporaryDirectory() as tmp:
         if side == "trl":
             from bench.trl_side import trl_run
 
-            seconds, logps = trl_run(path, rows, args.batch, args.steps, Path(tmp), **opts)
+            seconds, logps = trl_run(
+                path, rows, args.batch, args.steps, Path(tmp), warmup=args.warmup, **opts
+            )
         else:
             seconds, logps = our_run(path, rows, args, Path(tmp), **opts)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -73,6 +93,7 @@ def our_run(
     *,
     precision: str,
     share_prompt: bool,
+    attention: str = "sdpa",
 ) -> tuple[float, float]:
     from bench.ours import our_trainer
 
@@ -83,10 +104,14 @@ def our_run(
         out,
         precision=precision,
         share_prompt=share_prompt,
-        max_steps=args.steps + 1,
+        attention=attention,
+        max_steps=args.warmup + args.steps,
     )
     first = trainer.train_step()
     trainer.step += 1
+    for _ in range(args.warmup - 1):
+        trainer.train_step()
+        trainer.step += 1
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -100,6 +125,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded", choices=["embedded", "tiny"])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--response-len", type=int, default=192)
@@ -148,14 +174,17 @@ def main() -> int:
             f"P1 {label:<33} {ratio:5.2f}x (target >= {target}) "
             f"{'met' if ratio >= target else 'NOT met'}"
         )
-    n_params = _n_params(model_path(args.model))
-    for name, processed in (
-        ("ours fp32", tokens),
-        ("ours fp32 + shared prompt", shared_tokens),
-        ("ours bf16 + shared prompt", shared_tokens),
-        ("ours bf16 weights + shared", shared_tokens),
+    for ours, trl in (
+        ("ours bf16 w. + matmul attn", "TRL precomputed bf16, kept heap"),
+        ("ours bf16 weights + shared", "ours bf16 w., glibc heap"),
     ):
-        precision = "bf16" if "bf16" in name else "fp32"
+        print(f"   context: {ours} vs {trl} {tok_s[ours] / tok_s[trl]:5.2f}x")
+    n_params = _n_params(model_path(args.model))
+    for name, (side, opts) in SETTINGS.items():
+        if side != "ours":
+            continue
+        processed = shared_tokens if opts["share_prompt"] else tokens
+        precision = "bf16" if "bf16" in opts["precision"] else "fp32"
         achieved = 6 * n_params * processed / res[name]["seconds"]
         print(
             f"P4 {name:<27} {achieved / 1e9:6.1f} GFLOP/s = {achieved / peaks[precision]:5.1%} "
@@ -165,6 +194,7 @@ def main() -> int:
     for ours, trl in (
         ("ours fp32 + shared prompt", "TRL precomputed ref fp32"),
         ("ours bf16 + shared prompt", "TRL precomputed ref bf16"),
+        ("ours bf16 w. + matmul attn", "TRL precomputed ref bf16"),
     ):
         print(f"P5 peak RSS {ours} / {trl}: {res[ours]['peak_mb'] / res[trl]['peak_mb']:.2f}x")
 

@@ -16,9 +16,11 @@ def trl_run(
     precompute: bool,
     bf16: bool,
     defaults: bool = False,
+    warmup: int = 1,
 ) -> tuple[float, float]:
-    """(median seconds per timed optimizer step, first step's logps/chosen). `defaults` keeps
-    TRL's own choices (gradient checkpointing on); otherwise checkpointing is off."""
+    """(median seconds per timed optimizer step after `warmup` untimed ones, first step's
+    logps/chosen). `defaults` keeps TRL's own choices (gradient checkpointing on); otherwise
+    checkpointing is off."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -38,7 +40,7 @@ def trl_run(
     config = DPOConfig(
         output_dir=str(out),
         per_device_train_batch_size=batch,
-        max_steps=steps + 1,
+        max_steps=warmup + steps,
         learning_rate=1e-6,
         lr_scheduler_type="constant",
         warmup_steps=0,
@@ -66,5 +68,5 @@ def trl_run(
     )
     trainer.train()
     first = next(h for h in trainer.state.log_history if "logps/chosen" in h)
-    timed = sorted(timer.times[1:])
+    timed = sorted(timer.times[warmup:])
     return timed[len(timed) // 2], first["logps/chosen"]

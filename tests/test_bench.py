@@ -32,7 +32,9 @@ def trl_calls(monkeypatch: pytest.MonkeyPatch) -> list[inspect.BoundArguments]:
 
 
 def test_p1_every_setting_runs_or_binds(trl_calls: list) -> None:
-    args = argparse.Namespace(model="tiny", steps=1, batch=2, prompt_len=8, response_len=8)
+    args = argparse.Namespace(
+        model="tiny", steps=1, warmup=2, batch=2, prompt_len=8, response_len=8
+    )
     for name, (side, _) in p1_train_throughput.SETTINGS.items():
         AcceleratorState._reset_state()  # the bench runs each setting in its own process
         result = p1_train_throughput.one(name, args)
