@@ -93,3 +93,27 @@ def test_model_log_probs_and_gradients_equal_sdpa() -> None:
     torch.testing.assert_close(lp_b, lp_a, atol=1e-5, rtol=1e-5)
     for a, b in zip(g_a, g_b, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_decoding_on_a_kv_cache_matches_sdpa() -> None:
+    """Online training samples from the trained policy: one query at a time on a KV cache,
+    left-padded prompts of different lengths; every step's logits agree."""
+    from align.logprobs import left_pad
+    from align.models import load_model, resolve_model
+
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], pad_id=0)
+    scores = {}
+    for attention in ("sdpa", "matmul"):
+        model = load_model(resolve_model("tiny"), attention=attention)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        scores[attention] = torch.stack(out.logits)  # [steps, batch, vocab]
+    assert scores["matmul"].shape[0] == 6
+    torch.testing.assert_close(scores["matmul"], scores["sdpa"], atol=1e-5, rtol=1e-5)
