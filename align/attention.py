@@ -2,9 +2,10 @@
 
 softmax(q k^T * scale + mask) v with the query heads that share a key/value head (grouped-query
 attention) stacked into one [G * T, D] matrix, so no key or value is repeated and each matmul is
-G times taller. Softmax runs in fp32; the backward keeps only the probabilities (in the inputs'
-dtype) and recomputes nothing. On a CPU in bf16 this is faster than torch's fused
-scaled-dot-product kernel (BENCHMARKS.md), at the price of O(T * S) memory per layer.
+G times taller. Softmax and its backward accumulate in fp32 (one fused pass each); the backward
+keeps only the probabilities (in the inputs' dtype) and recomputes nothing. On a CPU in bf16
+this is faster than torch's fused scaled-dot-product kernel (BENCHMARKS.md), at the price of
+O(T * S) memory per layer.
 Registered with transformers as `MATMUL_ATTENTION`, taking the same boolean masks as `sdpa`.
 """
 
@@ -26,10 +27,9 @@ class _GroupedAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, keep: Tensor, scale: float) -> Tensor:
         b, hk, m, _ = q.shape
         t, s = keep.shape[-2:]
-        exact = torch.promote_types(q.dtype, torch.float32)
-        scores = torch.matmul(q, k.transpose(-1, -2)).to(exact).mul_(scale)
-        scores.view(b, hk, m // t, t, s).masked_fill_(~keep, torch.finfo(exact).min)
-        probs = torch.softmax(scores, dim=-1).to(q.dtype)
+        scores = torch.matmul(q * scale, k.transpose(-1, -2))  # scaling q: G*T*D, not G*T*S
+        scores.view(b, hk, m // t, t, s).masked_fill_(~keep, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1)  # accumulates in fp32 for bf16 inputs
         empty = ~keep.any(-1, keepdim=True)  # a query that may see no key (left padding)
         if empty.any():
             probs.view(b, hk, m // t, t, s).masked_fill_(empty, 0.0)
@@ -41,20 +41,13 @@ class _GroupedAttention(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         q, k, v, probs = ctx.saved_tensors
         grad = grad.to(q.dtype)
-        exact = torch.promote_types(q.dtype, torch.float32)
         grad_v = torch.matmul(probs.transpose(-1, -2), grad)
-        grad_p = torch.matmul(grad, v.transpose(-1, -2)).to(exact)
-        p = probs.to(exact)
-        # softmax backward: dS = p * (dP - sum_j p_j dP_j); masked entries have p = 0
-        grad_p.sub_((grad_p * p).sum(-1, keepdim=True)).mul_(p).mul_(ctx.scale)
-        grad_s = grad_p.to(q.dtype)
-        return (
-            torch.matmul(grad_s, k),
-            torch.matmul(grad_s.transpose(-1, -2), q),
-            grad_v,
-            None,
-            None,
-        )
+        grad_p = torch.matmul(grad, v.transpose(-1, -2))
+        # dS = p * (dP - sum_j p_j dP_j) in one fused pass (fp32 accumulation); p = 0 where masked
+        grad_s = torch.ops.aten._softmax_backward_data(grad_p, probs, -1, probs.dtype)
+        grad_q = torch.matmul(grad_s, k).mul_(ctx.scale)
+        grad_k = torch.matmul(grad_s.transpose(-1, -2), q).mul_(ctx.scale)
+        return grad_q, grad_k, grad_v, None, None
 
 
 def matmul_attention(
