@@ -4,8 +4,8 @@ glibc's malloc serves blocks above its mmap threshold (at most 32 MB by default)
 `mmap` calls and unmaps them on free, so every step of a training loop page-faults and zeroes its
 large tensors again (logits, their gradients, attention scores: hundreds of MB per step). With
 the threshold and the trim threshold raised, freed blocks return to the heap and are reused:
-0.8x the embedded model's bf16 step time, same peak RSS (BENCHMARKS.md "Where a step's time
-goes"). Other allocators (musl, macOS) are left as they are.
+0.77-0.88x the embedded model's bf16-weights step time, same peak RSS (BENCHMARKS.md "Where a
+step's time goes"). Other allocators (musl, macOS) are left as they are.
 """
 
 from __future__ import annotations
