@@ -117,3 +117,33 @@ def test_decoding_on_a_kv_cache_matches_sdpa() -> None:
         scores[attention] = torch.stack(out.logits)  # [steps, batch, vocab]
     assert scores["matmul"].shape[0] == 6
     torch.testing.assert_close(scores["matmul"], scores["sdpa"], atol=1e-5, rtol=1e-5)
+
+
+def test_training_with_matmul_attention_follows_the_sdpa_trajectory(project) -> None:
+    """The offline trainer (quickstart config, tiny model, fp32): 4 NCA steps with each attention
+    give the same per-step losses and final weights, and both actually train."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from align.models import resolve_model
+    from align.trainer import Trainer
+    from tests.test_trainer import _cfg, _log, _records
+
+    logs, weights = {}, {}
+    for attention in ("sdpa", "matmul"):
+        cfg = _cfg(
+            f"train.attention={attention}",
+            "train.precision=fp32",
+            "train.learning_rate=3e-3",
+            "train.max_steps=4",
+            "train.batch_size=3",
+        )
+        out = project / attention
+        Trainer(cfg, Path(resolve_model("tiny")), _records(cfg), out, "h").train()
+        logs[attention] = [r["loss"] for r in _log(out)]
+        weights[attention] = load_file(out / "model" / "model.safetensors")
+    assert logs["matmul"] == pytest.approx(logs["sdpa"], abs=1e-5)
+    assert logs["sdpa"][-1] < logs["sdpa"][0] - 0.1
+    a, b = weights["sdpa"], weights["matmul"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4

@@ -204,10 +204,15 @@ def test_resume_gives_identical_weights_and_log(
     assert max((a[k] - initial[k]).abs().max().item() for k in a) > 1e-3
 
 
-def test_tiny_online_pipeline_end_to_end(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+def test_tiny_online_pipeline_end_to_end(
+    project: Path, capsys: pytest.CaptureFixture[str], attention: str
+) -> None:
+    """Mixture sampling on a KV cache and training, with either attention of the policy."""
     assert main(["validate", IPO_MD, "--smoke"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("stages: prepare-model -> train -> evaluate")
     sets = ["--set", TINY_BT, "--set", "train.rollout.win_rate=true"]
+    sets += ["--set", f"train.attention={attention}"]
     assert main(["run", "--no-prefect", IPO_MD, "--smoke", *sets]) == 0
     out = capsys.readouterr().out
     assert "train: done" in out and "evaluate: done" in out
