@@ -387,6 +387,7 @@ def _close_progress_bars() -> None:
 
 
 def _run_unlocked(cfg: PipelineConfig, name: str, force: bool) -> tuple[dict, bool]:
+    from align.runtime import prepare_process
     from align.stages import RUNNERS
 
     plans = {p.name: p for p in plan(cfg)}
@@ -408,6 +409,7 @@ def _run_unlocked(cfg: PipelineConfig, name: str, force: bool) -> tuple[dict, bo
     upstream = {
         u: read_json(plans[u].folder / MANIFEST) for u in STAGES[name].upstream if u in plans
     }
+    prepare_process()  # all cores, a heap that keeps freed blocks (align/runtime.py)
     started = time.time()
     summary, requires = RUNNERS[name](cfg, p.folder, upstream, p.stage_hash)
     manifest = {

@@ -1,4 +1,4 @@
-"""Process set-up every stage runs first: all cores for torch, and a heap that keeps freed memory.
+"""What `run_stage` sets up before every stage: all cores for torch, a heap that keeps freed memory.
 
 glibc's malloc serves blocks above its mmap threshold (at most 32 MB by default) with fresh
 `mmap` calls and unmaps them on free, so every step of a training loop page-faults and zeroes its
@@ -41,6 +41,6 @@ def keep_freed_memory() -> bool:
 
 
 def prepare_process() -> None:
-    """What every stage runs first: `set_threads` and `keep_freed_memory`."""
+    """What `run_stage` runs before every stage: `set_threads` and `keep_freed_memory`."""
     set_threads()
     keep_freed_memory()

@@ -30,7 +30,6 @@ from align.records import chunks, read_shards, shard_path, write_shard
 from align.rewards import Scorer
 from align.rewards.aux import combined_aux_rewards
 from align.rewrite import rewrite_stage
-from align.runtime import prepare_process
 from align.sampling import generate
 from align.tokenize import check_prompt_lengths, encode_record
 
@@ -68,7 +67,6 @@ def _check_prompts(cfg: PipelineConfig, tokenizer, records: list[dict]) -> None:
 
 def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
     sc = cfg.sample
-    prepare_process()
     records = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
     path = upstream["prepare-model"]["summary"]["policy"]["path"]
     tokenizer = load_tokenizer(path)
@@ -170,7 +168,6 @@ def _score(scorer: Scorer, shard: list[dict]) -> None:
 
 def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
     ac = cfg.annotate
-    prepare_process()
     if cfg.sample is not None:
         records = read_shards(Path(cfg.runs_dir) / cfg.name / "sample")
     else:
@@ -219,7 +216,6 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
 def train_stage(
     cfg: PipelineConfig, out: Path, upstream: dict, stage_hash: str
 ) -> tuple[dict, list]:
-    prepare_process()
     path = Path(upstream["prepare-model"]["summary"]["policy"]["path"])
     if cfg.train.online:  # samples and labels its own pairs from the prompts
         from align.online import OnlineTrainer
@@ -250,7 +246,6 @@ def train_offline(cfg: PipelineConfig, policy: Path, out: Path, stage_hash: str)
 
 
 def evaluate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
-    prepare_process()
     initial = Path(upstream["prepare-model"]["summary"]["policy"]["path"])
     trained = Path(cfg.runs_dir) / cfg.name / "train" / "model"
     return evaluate(cfg, initial, trained, out), []
@@ -262,7 +257,6 @@ def judge_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple
     from align.judging.policy import hf_generate_fn
     from align.judging.run import run_judge
 
-    prepare_process()
     trained = Path(cfg.runs_dir) / cfg.name / "train" / "model"
     generate_fn = hf_generate_fn(trained, cfg.model.dtype)
     metrics = run_judge(cfg.judge, generate_fn, out, cfg.name, cache_root() / "judgments")

@@ -6,7 +6,6 @@ is noisy) and prints ratios; absolute times are context only.
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from align.models import load_tokenizer, resolve_model
+from align.runtime import set_threads
 
 WORDS = [
     " the",
@@ -77,7 +77,8 @@ def pair_rows(path: Path, n: int, prompt_len: int, response_len: int, seed: int 
     ]
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+def run_times(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `repeats` calls of fn, after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -85,26 +86,25 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of `run_times`."""
+    return statistics.median(run_times(fn, repeats, warmup))
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 20) -> float:
     """This machine's matmul FLOP/s in `dtype` now: the best of `repeats` n x n matmuls (a peak
     is what the hardware can do; a median of a few would drop with any passing contention)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - start)
-    return 2 * n**3 / min(seconds)
+    return 2 * n**3 / min(run_times(lambda: a @ b, repeats))
 
 
 def threads() -> int:
-    n = len(os.sched_getaffinity(0))
-    torch.set_num_threads(n)
-    return n
+    """Every core for torch (align's own `set_threads`); the count."""
+    set_threads()
+    return torch.get_num_threads()
 
 
 def banner(title: str) -> None:

@@ -108,17 +108,17 @@ def our_run(
         attention=attention,
         max_steps=args.warmup + args.steps,
     )
-    first = trainer.train_step()
-    trainer.step += 1
-    for _ in range(args.warmup - 1):
-        trainer.train_step()
-        trainer.step += 1
-    times = []
-    for _ in range(args.steps):
+
+    def step() -> tuple[dict, float]:
         start = time.perf_counter()
-        trainer.train_step()
-        times.append(time.perf_counter() - start)
+        row = trainer.train_step()
         trainer.step += 1
+        return row, time.perf_counter() - start
+
+    first, _ = step()
+    for _ in range(args.warmup - 1):
+        step()
+    times = [step()[1] for _ in range(args.steps)]
     return sorted(times)[len(times) // 2], first["logps/chosen"]
 
 
