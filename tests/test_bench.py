@@ -40,6 +40,9 @@ def test_p1_every_setting_runs_or_binds(trl_calls: list) -> None:
         result = p1_train_throughput.one(name, args)
         if side == "ours":
             assert result["seconds"] > 0 and math.isfinite(result["logps"]) and result["logps"] < 0
+            # P4 side by side: one matmul peak per timed step, a plausible FLOP/s
+            assert len(result["times"]) == len(result["peaks"]) == args.steps
+            assert all(1e9 < p < 1e14 for p in result["peaks"])
     assert len(trl_calls) == sum(side == "trl" for side, _ in p1_train_throughput.SETTINGS.values())
 
 
