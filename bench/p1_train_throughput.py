@@ -7,7 +7,7 @@ setting, the ratios the issue sets targets for, our achieved 6 * params * tokens
 this CPU's matmul peak measured in the same run (P4), and peak RSS (P5).
 
 P4 is printed two ways. Side by side: each of our timed steps is followed at once by a peak
-measurement (the best of 5 2048^2 matmuls in that precision, in the same process), and P4 is the
+measurement (the best of 20 2048^2 matmuls in that precision, in the same process), and P4 is the
 median over the steps of step FLOP/s / that peak, so a busy moment slows both sides of a ratio.
 Against the run's best: median step FLOP/s over the best of 20 matmuls before and after all
 settings (the higher), which any contention during the settings counts against us.
@@ -134,7 +134,7 @@ def our_run(
     times, peaks = [], []
     for _ in range(args.steps):
         times.append(step()[1])
-        peaks.append(matmul_peak(dtype, repeats=5))  # right after the step it is compared with
+        peaks.append(matmul_peak(dtype))  # right after the step it is compared with
     return times, peaks, first["logps/chosen"]
 
 
