@@ -28,7 +28,7 @@ install: $(STAMP)
 
 # Rebuild the quickstart data offline (seeded: the exact bytes data.dvc records), then check it.
 data: install
-	$(BIN)/python -m align.quickstart_data
+	$(BIN)/python -m align.data.quickstart
 	$(BIN)/dvc status data.dvc
 
 run: data

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from align.losses import LOSSES, kwise_loss
+from align.train.losses import LOSSES, kwise_loss
 
 
 def time_once(

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from align.models import load_tokenizer, resolve_model
-from align.runtime import set_threads
+from align.core.runtime import set_threads
+from align.model.loading import load_tokenizer, resolve_model
 
 WORDS = [
     " the",

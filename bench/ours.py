@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from align.config import validate_dict
-from align.logprobs import shared_prompt_logps
-from align.models import load_model, load_tokenizer
-from align.trainer import Example, Trainer
+from align.model.loading import load_model, load_tokenizer
+from align.model.logprobs import shared_prompt_logps
+from align.train.trainer import Example, Trainer
 
 
 def encode_like_trl(tokenizer, row: dict) -> tuple[list[int], list[list[int]]]:

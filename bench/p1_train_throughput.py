@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from align.runtime import keep_freed_memory
+from align.core.runtime import keep_freed_memory
 from bench.common import banner, matmul_peak, model_path, pair_rows
 
 SETTINGS = {  # name: (side, options); `heap`: glibc's default or align's kept heap (runtime.py)
@@ -241,7 +241,7 @@ def _peaks() -> dict[str, float]:
 
 
 def _n_params(path: Path) -> int:
-    from align.models import load_model
+    from align.model.loading import load_model
 
     return sum(p.numel() for p in load_model(path).parameters())
 

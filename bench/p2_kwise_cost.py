@@ -23,7 +23,7 @@ K = 4
 
 def rows(path: Path, n: int, prompt_len: int, response_len: int) -> list[dict]:
     """n prompts with K responses each; reward = response index reversed (0 is best)."""
-    from align.models import load_tokenizer
+    from align.model.loading import load_tokenizer
 
     tok, rng = load_tokenizer(path), random.Random(0)
     return [
@@ -36,7 +36,7 @@ def rows(path: Path, n: int, prompt_len: int, response_len: int) -> list[dict]:
 
 
 def run_ours(path: Path, data: list[dict], args: argparse.Namespace, out: Path) -> float:
-    from align.models import load_tokenizer
+    from align.model.loading import load_tokenizer
     from bench.ours import encode_like_trl, our_trainer
 
     tok = load_tokenizer(path)

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from align.models import load_model, load_tokenizer
-from align.quickstart_data import problems
-from align.sampling import generate
+from align.data.quickstart import problems
+from align.generate.hf import generate
+from align.model.loading import load_model, load_tokenizer
 from bench.common import banner, model_path
 
 K = 4

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from align.mixture import sample_mixture
-from align.models import load_model, load_tokenizer
-from align.quickstart_data import problems
-from align.tokenize import encode_prompt
+from align.data.quickstart import problems
+from align.generate.mixture import sample_mixture
+from align.model.loading import load_model, load_tokenizer
+from align.model.tokenize import encode_prompt
 from bench.common import banner, model_path
 
 

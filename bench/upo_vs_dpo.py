@@ -23,8 +23,8 @@ import math
 from pathlib import Path
 
 from align.config import load_pipeline
-from align.evaluate import pairwise_wins
 from align.rewards.aux import combined_aux_rewards
+from align.stages.evaluate import pairwise_wins
 
 
 def _answers(folder: Path) -> dict[str, dict]:

@@ -19,10 +19,10 @@ from prefect.runtime import flow_run
 
 import flows  # noqa: F401  (pins Prefect settings before Prefect loads)
 from align.config import PipelineConfig, load_pipeline
-from align.errors import AlignError
-from align.history import keep_run
-from align.models import BUILT_IN
+from align.core.errors import AlignError
+from align.model.loading import BUILT_IN
 from align.pipeline import plan
+from align.pipeline.history import keep_run
 from flows.dvc_record import record_in_dvc_lock
 from flows.report import publish
 from tasks.annotate import annotate_task

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from align.config import load_pipeline
-from align.errors import AlignError
-from align.io import atomic_write_text
+from align.core.errors import AlignError
+from align.core.io import atomic_write_text
 
 
 def _add_pipeline(p: argparse.ArgumentParser) -> None:
@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _dvc_one(pipeline: str, output: Path, check: bool) -> bool:
     """Write (or with `check`, compare) one pipeline's dvc.yaml; True when it is up to date."""
-    from align.dvcfile import render_dvc_yaml
+    from align.pipeline.dvcfile import render_dvc_yaml
 
     text = render_dvc_yaml(load_pipeline(pipeline), pipeline, output)
     if check:
@@ -122,7 +122,7 @@ def _dvc_one(pipeline: str, output: Path, check: bool) -> bool:
 
 
 def cmd_dvc(args: argparse.Namespace) -> int:
-    from align.dvcfile import NESTED_DIR, dvc_file_for
+    from align.pipeline.dvcfile import NESTED_DIR, dvc_file_for
 
     if args.all == bool(args.pipeline):
         raise AlignError("align dvc: give one PIPELINE or --all (every pipelines/*.yaml)")
@@ -141,7 +141,7 @@ def cmd_dvc(args: argparse.Namespace) -> int:
 
 def cmd_plots(args: argparse.Namespace) -> int:
     from align.pipeline import stage_folder
-    from align.plots_page import write_plots_page
+    from align.pipeline.plots_page import write_plots_page
 
     cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
     output = Path(args.output) if args.output else stage_folder(cfg, "plots.html")

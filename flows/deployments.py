@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from align.config import read_yaml
-from align.errors import AlignError
+from align.core.errors import AlignError
 
 WORK_POOL = "align-process"
 ENTRYPOINT = "flows.align:align_flow"  # a module path: the installed package, not a file in cwd

@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from align.dvcfile import dvc_file_for
-from align.errors import AlignError
-from align.io import exclusive_lock
+from align.core.errors import AlignError
+from align.core.io import exclusive_lock
+from align.pipeline.dvcfile import dvc_file_for
 
 LOCK = Path(".dvc/tmp/align-dvc-commands.lock")
 

@@ -31,9 +31,9 @@ from prefect.artifacts import (
 )
 
 from align.config import PipelineConfig
-from align.io import atomic_write_text
+from align.core.io import atomic_write_text
 from align.pipeline import stage_folder
-from align.plots import plot_categories, plot_training
+from align.pipeline.plots import plot_categories, plot_training
 
 CURVE_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/margin", "rewards/accuracy")
 LOG_COLUMNS = ("step", *CURVE_KEYS, "rewards/chosen", "rewards/rejected", "lr", "grad_norm")

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import flows  # noqa: F401  (project-local PREFECT_HOME, telemetry off)
-from align.errors import AlignError
+from align.core.errors import AlignError
 from flows.deployments import PREFECT_FILE, WORK_POOL, discover, render
 
 HOST = "127.0.0.1"

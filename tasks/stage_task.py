@@ -12,7 +12,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.logging import get_run_logger
 
 from align.config import load_pipeline
-from align.errors import AlignError
+from align.core.errors import AlignError
 from align.pipeline import run_stage
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from accelerate.state import AcceleratorState
 
-from align.quickstart_data import write_quickstart_data
+from align.data.quickstart import write_quickstart_data
 
 REPO = Path(__file__).resolve().parent.parent
 

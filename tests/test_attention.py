@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align.attention import _GroupedAttention, matmul_attention
+from align.model.attention import _GroupedAttention, matmul_attention
 
 
 class _Module(torch.nn.Module):
@@ -77,8 +77,8 @@ def test_dropout_is_refused_with_the_setting_to_use() -> None:
 def test_model_log_probs_and_gradients_equal_sdpa() -> None:
     """The tiny model (4 query heads on 2 key/value heads) through the shared-prompt path, with
     ragged prompts (left padding) and ragged responses: same log-probs and weight gradients."""
-    from align.logprobs import shared_prompt_token_logps
-    from align.models import load_model, resolve_model
+    from align.model.loading import load_model, resolve_model
+    from align.model.logprobs import shared_prompt_token_logps
 
     groups = [([5, 6, 7], [[8, 9, 10, 11], [12, 13]]), ([14, 15, 16, 17, 18], [[19], [20, 21]])]
     results = {}
@@ -98,8 +98,8 @@ def test_model_log_probs_and_gradients_equal_sdpa() -> None:
 def test_decoding_on_a_kv_cache_matches_sdpa() -> None:
     """Online training samples from the trained policy: one query at a time on a KV cache,
     left-padded prompts of different lengths; every step's logits agree."""
-    from align.logprobs import left_pad
-    from align.models import load_model, resolve_model
+    from align.model.loading import load_model, resolve_model
+    from align.model.logprobs import left_pad
 
     ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], pad_id=0)
     scores = {}
@@ -126,8 +126,8 @@ def test_training_with_matmul_attention_follows_the_sdpa_trajectory(project) -> 
 
     from safetensors.torch import load_file
 
-    from align.models import resolve_model
-    from align.trainer import Trainer
+    from align.model.loading import resolve_model
+    from align.train.trainer import Trainer
     from tests.test_trainer import _cfg, _log, _records
 
     logs, weights = {}, {}

@@ -21,9 +21,9 @@ import yaml
 from safetensors.torch import save_file
 
 from align.config import load_pipeline
-from align.io import atomic_write_text
+from align.core.io import atomic_write_text
+from align.model.tiny import build_tiny_model, build_tiny_tokenizer
 from align.pipeline import MARKER, plan, run_stage, stage_folder
-from align.tiny import build_tiny_model, build_tiny_tokenizer
 from tests.bad_inputs.harness import (
     CORPUS,
     assert_nothing_looks_complete,

@@ -1,4 +1,5 @@
-"""align.bmc: hand-made diffs, weights by hand, the clip, no gradient through the weights."""
+"""align.train.bmc and align.rewrite.masks: hand-made diffs, weights by hand, the clip, no
+gradient through the weights."""
 
 from __future__ import annotations
 
@@ -7,16 +8,12 @@ import math
 import pytest
 import torch
 
-from align.bmc import (
-    ENGLISH_STOPWORDS,
-    bmc_diff_masks,
-    bmc_dpo_loss,
+from align.rewrite.masks import ENGLISH_STOPWORDS, bmc_diff_masks, stopword_token_ids
+from align.train.bmc import (
     bmc_token_weights,
     bmc_weighted_logps,
-    stopword_token_ids,
     weighted_sequence_logps,
 )
-from align.losses import dpo_loss
 
 LN = math.log
 
@@ -179,21 +176,19 @@ def test_ref_weights_option() -> None:
         bmc_weighted_logps(policy, ref, diff, mask, delta=10.0, ref_weights="mean")  # type: ignore[arg-type]
 
 
-def test_bmc_dpo_is_dpo_on_weighted_sums() -> None:
+def test_nothing_changed_gives_plain_sums() -> None:
+    """With an empty diff mask every weight is 1: BMC pair losses are plain pair losses."""
     g = torch.Generator().manual_seed(0)
     shape = (3, 2, 5)  # [B, chosen/rejected, T]
     policy = torch.log(torch.rand(shape, generator=g, dtype=torch.float64))
     ref = torch.log(torch.rand(shape, generator=g, dtype=torch.float64))
-    diff = torch.rand(shape, generator=g) > 0.5
     mask = torch.ones(shape, dtype=torch.bool)
-    pol_seq, ref_seq = bmc_weighted_logps(policy, ref, diff, mask, delta=2.0)
-    loss = bmc_dpo_loss(pol_seq[:, 0], pol_seq[:, 1], ref_seq[:, 0], ref_seq[:, 1], beta=0.05)
-    expected = dpo_loss(pol_seq[:, 0], pol_seq[:, 1], ref_seq[:, 0], ref_seq[:, 1], beta=0.05)
-    torch.testing.assert_close(loss, expected)
-    # with nothing changed, BMC-DPO is plain DPO on summed log-probs
-    pol_seq, ref_seq = bmc_weighted_logps(policy, ref, torch.zeros_like(diff), mask, delta=2.0)
-    plain = dpo_loss(
-        *(t.sum(-1) for t in (policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1])), beta=0.05
-    )
-    loss = bmc_dpo_loss(pol_seq[:, 0], pol_seq[:, 1], ref_seq[:, 0], ref_seq[:, 1], beta=0.05)
-    torch.testing.assert_close(loss, plain)
+    nothing = torch.zeros(shape, dtype=torch.bool)
+    pol_seq, ref_seq = bmc_weighted_logps(policy, ref, nothing, mask, delta=2.0)
+    torch.testing.assert_close(pol_seq, policy.sum(-1))
+    torch.testing.assert_close(ref_seq, ref.sum(-1))
+    # a changed token raises the chosen sum's weight on it, so the sums differ
+    changed = nothing.clone()
+    changed[:, 0, 2] = True
+    pol_w, _ = bmc_weighted_logps(policy, ref, changed, mask, delta=2.0)
+    assert not torch.allclose(pol_w[:, 0], policy[:, 0].sum(-1))

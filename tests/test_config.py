@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from align.config import PipelineConfig, load_pipeline, parse_override, validate_dict
-from align.errors import AlignError
-from align.losses import LOSSES
+from align.core.errors import AlignError
+from align.train.losses import LOSSES
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 

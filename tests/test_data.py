@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from align.config import DatasetConfig
-from align.data import load_records
-from align.errors import AlignError
-from align.quickstart_data import INSTRUCTION, problems, write_quickstart_data
+from align.core.errors import AlignError
+from align.data.datasets import load_records
+from align.data.quickstart import INSTRUCTION, problems, write_quickstart_data
 from align.rewards.arithmetic import exact_answer
 
 

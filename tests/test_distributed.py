@@ -12,12 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from align.config import load_pipeline
-from align.errors import AlignError
-from align.launch import deepspeed_installed, launch_command, launch_training
-from align.models import resolve_model
+from align.core.errors import AlignError
+from align.core.runtime import installed
+from align.data.records import shard_path, write_shard
+from align.model.loading import resolve_model
 from align.pipeline import stage_folder
-from align.records import shard_path, write_shard
-from align.stages import train_offline
+from align.stages.train import train_offline
+from align.train.launch import launch_command, launch_training
 from tests.conftest import REPO
 from tests.test_trainer import _cfg, _log, _records
 
@@ -77,7 +78,7 @@ def test_launch_command_defaults_to_ddp_through_torchrun(project: Path) -> None:
     assert "--multi_gpu" in cmd and "--config_file" not in cmd
     assert cmd[cmd.index("--num_processes") + 1] == "2"
     assert cmd[cmd.index("--mixed_precision") + 1] == "bf16"
-    assert cmd[-3:] == ["-m", "align.launch", "job.json"]
+    assert cmd[-3:] == ["-m", "align.stages.train", "job.json"]
 
 
 def test_nca_7b_launches_eight_processes_but_its_smoke_run_one() -> None:
@@ -95,7 +96,7 @@ def _error(pipeline: str, *overrides: str) -> str:
     return message
 
 
-@pytest.mark.skipif(deepspeed_installed(), reason="deepspeed is installed here")
+@pytest.mark.skipif(installed("deepspeed"), reason="deepspeed is installed here")
 def test_deepspeed_config_without_deepspeed_names_the_field() -> None:
     zero3 = f"train.distributed={{num_processes: 2, config: {CONFIGS / 'zero3.yaml'}}}"
     message = _error("quickstart.yaml", zero3)
@@ -112,7 +113,7 @@ def test_sharded_training_refuses_bf16_weights() -> None:
 
 
 def test_deepspeed_needs_grad_accum_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("align.launch.deepspeed_installed", lambda: True)
+    monkeypatch.setattr("align.config.accelerate.installed", lambda name: True)
     zero3 = f"train.distributed={{num_processes: 2, config: {CONFIGS / 'zero3.yaml'}}}"
     assert "train.grad_accum: must be 1 with DeepSpeed" in _error("quickstart.yaml", zero3)
     load_pipeline(REPO / "pipelines/quickstart.yaml", [zero3, "train.grad_accum=1"])

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from align.judging.backends import ChatRequest, ChatResult
-from align.judging.cache import CachedBackend, JudgmentCache
-from align.judging.config import BackendConfig, JudgeConfig, MTBenchConfig
-from align.judging.fake import ScriptedBackend
+from align.config.judge import BackendConfig, JudgeConfig, MTBenchConfig
+from align.llm.backend import ChatRequest, ChatResult
+from align.llm.cache import CachedBackend, JudgmentCache
+from align.llm.fake import ScriptedBackend
 
 
 def req(user: str, template: str = "t@1", max_tokens: int = 16) -> ChatRequest:
@@ -117,9 +117,9 @@ def test_backend_config_rules() -> None:
 
 
 def test_judge_fingerprint_matches_the_backends(monkeypatch: pytest.MonkeyPatch) -> None:
-    from align.judging.backends import judge_fingerprint
-    from align.judging.http_backend import OpenAIBackend
-    from align.judging.local_backend import LocalBackend
+    from align.llm.backend import judge_fingerprint
+    from align.llm.http import OpenAIBackend
+    from align.llm.local import LocalBackend
 
     monkeypatch.setenv("SOME_KEY", "k")
     http = BackendConfig(

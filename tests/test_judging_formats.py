@@ -9,17 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from align.errors import AlignError
+from align.config.judge import AlpacaEvalConfig
+from align.core.errors import AlignError
+from align.data.fastchat import answer_record, read_answers, read_questions, write_jsonl
+from align.data.judge_examples import MT_QUESTIONS, write_alpacaeval_example, write_mtbench_example
 from align.judging.alpacaeval import read_difficulty, read_outputs, run_alpacaeval
-from align.judging.config import AlpacaEvalConfig
-from align.judging.examples import (
-    MT_QUESTIONS,
-    write_alpacaeval_example,
-    write_mtbench_example,
-)
-from align.judging.fake import ScriptedBackend
-from align.judging.fastchat_io import answer_record, read_answers, read_questions, write_jsonl
 from align.judging.mtbench import generate_answers
+from align.llm.fake import ScriptedBackend
 
 
 def test_questions_round_trip_with_extra_keys(tmp_path: Path) -> None:

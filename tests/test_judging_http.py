@@ -21,14 +21,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from align.errors import AlignError
-from align.judging.backends import ChatRequest
-from align.judging.cache import CachedBackend, JudgmentCache
-from align.judging.config import BackendConfig, JudgeConfig
-from align.judging.examples import write_alpacaeval_example, write_mtbench_example
-from align.judging.http_backend import OpenAIBackend, retry_after_s
-from align.judging.rating import rate
+from align.config.judge import BackendConfig, JudgeConfig
+from align.core.errors import AlignError
+from align.data.judge_examples import write_alpacaeval_example, write_mtbench_example
 from align.judging.run import run_judge
+from align.llm.backend import ChatRequest
+from align.llm.cache import CachedBackend, JudgmentCache
+from align.llm.http import OpenAIBackend, retry_after_s
+from align.llm.rating import rate
 
 KEY = "sk-SENTINEL-7f3a9c-do-not-leak"
 ENV = "ALIGN_TEST_JUDGE_KEY"

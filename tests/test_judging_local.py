@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from align.judging import JudgeConfig, run_judge
-from align.judging.backends import ChatRequest
-from align.judging.config import BackendConfig
-from align.judging.examples import write_alpacaeval_example, write_mtbench_example
-from align.judging.local_backend import LocalBackend
+from align.config import JudgeConfig
+from align.config.judge import BackendConfig
+from align.data.judge_examples import write_alpacaeval_example, write_mtbench_example
 from align.judging.policy import hf_generate_fn
-from align.models import resolve_model
+from align.judging.run import run_judge
+from align.llm.backend import ChatRequest
+from align.llm.local import LocalBackend
+from align.model.loading import resolve_model
 
 
 @pytest.fixture(scope="module")

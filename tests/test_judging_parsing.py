@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from align.judging.parsing import parse_ab, parse_alpaca, parse_rating, parse_verdict
+from align.judging.alpacaeval import parse_alpaca
+from align.llm.parsing import parse_ab, parse_rating, parse_verdict
 
 RATINGS = [
     # (judge output, expected score or None, expected reason fragment)

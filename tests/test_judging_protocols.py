@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from align.errors import AlignError
+from align.config.judge import AlpacaEvalConfig, JudgeRewardConfig, MTBenchConfig
+from align.core.errors import AlignError
+from align.data.judge_examples import write_alpacaeval_example, write_mtbench_example
 from align.judging.alpacaeval import is_switched, run_alpacaeval, win_rate_metrics
-from align.judging.backends import ChatRequest
-from align.judging.config import AlpacaEvalConfig, JudgeRewardConfig, MTBenchConfig
-from align.judging.examples import write_alpacaeval_example, write_mtbench_example
-from align.judging.fake import ScriptedBackend
 from align.judging.mtbench import run_mtbench
-from align.judging.rating import neutral_fill, prefer, rate
-from align.judging.run import RewardJudge
+from align.llm.backend import ChatRequest
+from align.llm.fake import ScriptedBackend
+from align.llm.rating import neutral_fill, prefer, rate
+from align.rewards.judge import RewardJudge
 
 
 def policy(convs: list[list[dict]], temps: list[float], max_new: int) -> list[str]:
@@ -249,7 +249,7 @@ def test_preferences_average_both_orders() -> None:
 def test_reward_judge_failure_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     replies = {"good": "[[7]]", "bad": "??"}
     fake = ScriptedBackend(lambda r: replies["bad" if "bad" in user_text(r) else "good"])
-    monkeypatch.setattr("align.judging.run.make_backend", lambda cfg: fake)
+    monkeypatch.setattr("align.llm.open.make_backend", lambda cfg: fake)
     base = {"backend": {"kind": "local", "model": "tiny"}}
     strict = RewardJudge(JudgeRewardConfig.model_validate(base), tmp_path / "c1")
     with pytest.raises(AlignError, match="1 of 2 ratings failed"):

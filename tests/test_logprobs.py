@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from align.logprobs import pack_rows, sequence_logps, token_logps
+from align.model.logprobs import pack_rows, sequence_logps, token_logps
 
 
 def test_pack_rows_pads_right_and_marks_responses() -> None:
@@ -51,8 +51,8 @@ def test_padding_does_not_change_a_rows_log_prob() -> None:
 def test_shared_prompt_equals_full_rows_in_value_and_gradient() -> None:
     """Each prompt once + its responses on the KV cache == every (prompt, response) row in full,
     for ragged prompts (left padding) and ragged K."""
-    from align.logprobs import model_sequence_logps, shared_prompt_logps
-    from align.models import load_model, resolve_model
+    from align.model.loading import load_model, resolve_model
+    from align.model.logprobs import model_sequence_logps, shared_prompt_logps
 
     model = load_model(resolve_model("tiny"))
     groups = [([5, 6, 7, 8], [[9, 10, 3], [11]]), ([5, 6], [[12, 13, 14, 15], [3, 4], [7]])]
@@ -70,8 +70,8 @@ def test_selected_logps_matches_log_softmax_in_value_and_gradient(monkeypatch) -
     """The chunked softmax == gathering from a full log_softmax, across chunk boundaries
     (16-position chunks; T = 37 is not a multiple of 16), on a non-contiguous view, and passes
     gradcheck."""
-    from align import logprobs
-    from align.logprobs import selected_logps
+    from align.model import logprobs
+    from align.model.logprobs import selected_logps
 
     monkeypatch.setitem(logprobs.CHUNK_ELEMENTS, "cpu", 16 * 11)  # 16 positions of 11 logits
     torch.manual_seed(0)
@@ -93,7 +93,7 @@ def test_selected_logps_matches_log_softmax_in_value_and_gradient(monkeypatch) -
 
 
 def test_selected_logps_of_bf16_logits_is_fp32_and_matches_upcast() -> None:
-    from align.logprobs import selected_logps
+    from align.model.logprobs import selected_logps
 
     torch.manual_seed(1)
     logits = (torch.randn(3, 20, 50) * 4).bfloat16().requires_grad_()

@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from align.losses import (
+from align.data.pairing import best_worst_pairs
+from align.train.losses import (
     LOSSES,
-    best_worst_pairs,
     dpo_loss,
     get_loss,
     infonca_loss,

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from align.mixture import geometric_mixture_logprobs, sample_mixture, sampling_logprobs
-from align.tiny import build_tiny_model, build_tiny_tokenizer
+from align.generate.mixture import geometric_mixture_logprobs, sample_mixture, sampling_logprobs
+from align.model.tiny import build_tiny_model, build_tiny_tokenizer
 
 TOK = build_tiny_tokenizer()
 POLICY = build_tiny_model(TOK, seed=0).eval()

@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from align.config import PreferenceConfig, load_pipeline
-from align.data import load_records
-from align.errors import AlignError
-from align.losses import online_loss
-from align.models import resolve_model
-from align.online import OnlineTrainer, mixture_weights
+from align.core.errors import AlignError
+from align.data.datasets import load_records
+from align.model.loading import resolve_model
 from align.pipeline import plan
-from align.preference import Preference, bradley_terry
+from align.rewards.preference import Preference, bradley_terry
+from align.train.losses import online_loss
+from align.train.online import OnlineTrainer, mixture_weights
 from flows.cli import main
 
 IPO_MD = "pipelines/ipo-md-quickstart.yaml"
@@ -72,7 +72,7 @@ def test_online_dpo_and_slic_by_hand() -> None:
 
 
 def test_offline_entry_point_refuses_online_losses() -> None:
-    from align.losses import kwise_loss
+    from align.train.losses import kwise_loss
 
     with pytest.raises(ValueError, match=r"needs train\.online: true"):
         kwise_loss("online_ipo", POLICY, REF, torch.tensor([[1.0, 0.0]]))

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 import flows  # noqa: F401  (project-local PREFECT_HOME and telemetry off before Prefect loads)
-from align.errors import AlignError
-from align.quickstart_data import write_quickstart_data
+from align.core.errors import AlignError
+from align.data.quickstart import write_quickstart_data
 from flows.deployments import ENTRYPOINT, WORK_POOL, discover, read_schedule, render
 from flows.serve import alive
 from tests.conftest import REPO, venv_env

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from align.trainer import LOG_KEYS
+from align.train.trainer import LOG_KEYS
 from flows.cli import main
 
 CURVES = Path("runs/quickstart-smoke/train/curves.csv")

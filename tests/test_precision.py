@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from align.config import load_pipeline
-from align.models import resolve_model
-from align.precision import MasterWeights
-from align.trainer import Trainer
+from align.model.loading import resolve_model
+from align.train.precision import MasterWeights
+from align.train.trainer import Trainer
 from tests.test_trainer import _records
 
 

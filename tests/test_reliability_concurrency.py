@@ -12,8 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from align.io import read_json
-from align.records import read_shards
+from align.core.io import read_json
+from align.data.records import read_shards
 from tests.bad_inputs.harness import STAGE_ORDER, align_cmd, cli_env, make_project, read_jsonl
 
 RUN = ["run", "--no-prefect", "--smoke"]

@@ -156,7 +156,7 @@ def test_annotate_killed_after_a_shard_resumes_without_rescoring(tmp_path: Path)
     ok(project, "stage", args[0], "annotate", *args[1:], faults=count_only)
     assert {p.name: p.stat().st_mtime_ns for p in written} == mtimes  # finished shards kept
 
-    from align.records import read_shards
+    from align.data.records import read_shards
 
     records = read_shards(folder)
     assert sorted(r["id"] for r in records) == sorted(f"q{i}" for i in range(12))

@@ -17,11 +17,12 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from align.config import _Loader, load_pipeline, parse_yaml
-from align.errors import AlignError
-from align.models import load_model, load_tokenizer, resolve_model
+from align.config import load_pipeline, parse_yaml
+from align.config.reading import _Loader
+from align.core.errors import AlignError
+from align.model.loading import load_model, load_tokenizer, resolve_model
 from align.pipeline import STAGES, stage_folder
-from align.trainer import Trainer
+from align.train.trainer import Trainer
 from tests.bad_inputs.harness import CORPUS, REPO
 
 SOURCES = sorted(p for folder in ("align", "flows", "tasks") for p in (REPO / folder).rglob("*.py"))

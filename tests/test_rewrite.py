@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.bmc import bmc_batch_logps, bmc_diff_masks, stopword_token_ids
 from align.config import load_pipeline
-from align.io import read_json
-from align.judging.backends import ChatResult
-from align.judging.fake import ScriptedBackend
-from align.losses import kwise_loss
+from align.core.io import read_json
+from align.data.records import read_shards, shard_path
+from align.llm.backend import ChatResult
+from align.llm.fake import ScriptedBackend
+from align.model.tiny import build_tiny_tokenizer
+from align.model.tokenize import encode_response
 from align.pipeline import plan, run_stage, stage_folder
-from align.records import read_shards, shard_path
-from align.rewrite import (
+from align.rewrite.masks import bmc_diff_masks, stopword_token_ids
+from align.rewrite.rewriter import (
     LENGTH_SLACK,
     check_rewrite,
     limit_length,
@@ -26,9 +27,9 @@ from align.rewrite import (
     preference_pairs,
     rewrite_request,
 )
-from align.tiny import build_tiny_tokenizer
-from align.tokenize import encode_response
-from align.trainer import Trainer
+from align.train.bmc import bmc_batch_logps
+from align.train.losses import kwise_loss
+from align.train.trainer import Trainer
 from tests.conftest import venv_env
 
 PIPELINE = """
@@ -91,7 +92,7 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> list[ScriptedBackend]:
         made.append(ScriptedBackend(_reply, judge_id="canned-rewriter"))
         return made[-1]
 
-    monkeypatch.setattr("align.judging.run.make_backend", make)
+    monkeypatch.setattr("align.llm.open.make_backend", make)
     return made
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from align.runtime import keep_freed_memory
+from align.core.runtime import keep_freed_memory
 
 
 def test_glibc_takes_the_kept_heap_settings() -> None:

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from align.config import load_pipeline
-from align.errors import AlignError
-from align.models import load_tokenizer, resolve_model
-from align.sampling_vllm import VLLMSampler, vllm_installed
+from align.core.errors import AlignError
+from align.core.runtime import installed
+from align.generate.vllm_engine import VLLMSampler
+from align.model.loading import load_tokenizer, resolve_model
 from tests.conftest import REPO
 
 
-@pytest.mark.skipif(vllm_installed(), reason="vLLM is installed here")
+@pytest.mark.skipif(installed("vllm"), reason="vLLM is installed here")
 def test_vllm_backend_is_refused_with_the_fix_where_not_installed() -> None:
     with pytest.raises(AlignError) as err:
         load_pipeline(str(REPO / "pipelines/quickstart.yaml"), ["sample.backend=vllm"])

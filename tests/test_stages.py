@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from align.config import load_pipeline
-from align.io import read_json
-from align.logprobs import token_logps
-from align.models import load_model, load_tokenizer
+from align.core.io import read_json
+from align.data.records import read_shards
+from align.model.loading import load_model, load_tokenizer
+from align.model.logprobs import token_logps
+from align.model.tokenize import encode_record
 from align.pipeline import plan, run_stage, stage_folder
-from align.records import read_shards
-from align.tokenize import encode_record
 from tests.conftest import venv_env
 
 QS = "pipelines/quickstart.yaml"
@@ -154,7 +154,7 @@ def test_sampling_resumes_after_sigkill(project: Path) -> None:
 def test_annotate_with_a_reward_model_scores_every_response(project: Path) -> None:
     """An HF sequence-classification reward model (a random tiny one) as the reward source:
     the stored rewards equal the model's logit on the chat-formatted (prompt, response)."""
-    from align.models import resolve_model
+    from align.model.loading import resolve_model
     from align.rewards import RewardModel
 
     cfg, _ = _run_all(["annotate.reward={model: tiny-reward}", "evaluate=null", "judge=null"])

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from align.config import load_pipeline
-from align.models import load_model, load_tokenizer, resolve_model
-from align.stages import _ref_logps
-from align.trainer import Trainer, step_indices
+from align.model.loading import load_model, load_tokenizer, resolve_model
+from align.stages.annotate import _ref_logps
+from align.train.trainer import Trainer, step_indices
 
 QS = "pipelines/quickstart.yaml"
 

@@ -8,13 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from align.upo import (
-    ValueHead,
-    expectile_loss,
-    last_prompt_hidden,
-    upo_aux_loss,
-    upo_loss,
-)
+from align.train.upo import ValueHead, expectile_loss, last_prompt_hidden, upo_aux_loss, upo_loss
 
 
 def numpy_expectile(x: np.ndarray, tau: float) -> float:

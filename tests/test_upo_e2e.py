@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from align.config import load_pipeline
-from align.io import read_json
-from align.models import load_tokenizer, resolve_model
+from align.core.io import read_json
+from align.data.records import read_shards
+from align.model.loading import load_tokenizer, resolve_model
 from align.pipeline import run_stage, stage_folder
-from align.records import read_shards
 from align.rewards.aux import brevity, combined_aux_rewards, readability, safety, sentence_end
-from align.trainer import VALUE_HEAD, Trainer
-from align.upo import ValueHead
+from align.train.trainer import VALUE_HEAD, Trainer
+from align.train.upo import ValueHead
 
 PIPELINE = """
 name: upo-tiny

@@ -1,26 +1,5 @@
-"""LLM-as-judge evaluation and judge-based rewards (ALGORITHMS.md §6; docs/judging.md).
-
-Entry points: `run_judge` (MT-Bench and AlpacaEval for one policy) and `judge_rewards` /
-`RewardJudge` (ratings and pairwise preferences for annotation and online losses), configured
-by `JudgeConfig` / `JudgeRewardConfig`.
+"""The judge stage: MT-Bench and AlpacaEval for one policy (docs/judging.md). The policy answers
+(policy), the protocols ask the judge and score (mtbench, alpacaeval, lc_winrate), the report
+says what came out (report); `run_judge` (run) ties them together. Backends, the answer cache and
+the shared prompts live in align/llm.
 """
-
-from align.judging.config import (
-    AlpacaEvalConfig,
-    BackendConfig,
-    JudgeConfig,
-    JudgeRewardConfig,
-    MTBenchConfig,
-)
-from align.judging.run import RewardJudge, judge_rewards, run_judge
-
-__all__ = [
-    "AlpacaEvalConfig",
-    "BackendConfig",
-    "JudgeConfig",
-    "JudgeRewardConfig",
-    "MTBenchConfig",
-    "RewardJudge",
-    "judge_rewards",
-    "run_judge",
-]

@@ -22,19 +22,34 @@ import math
 from pathlib import Path
 from typing import Any
 
-from align.errors import AlignError
-from align.io import atomic_write_json, sha256_text
-from align.judging.backends import Backend, ChatRequest
-from align.judging.config import AlpacaEvalConfig
+from align.config.judge import AlpacaEvalConfig
+from align.core.errors import AlignError
+from align.core.io import atomic_write_json, sha256_text
 from align.judging.lc_winrate import length_controlled_win_rate
-from align.judging.parsing import parse_alpaca
 from align.judging.policy import GenerateFn
 from align.judging.prompts import ALPACAEVAL
 from align.judging.report import Outcome
+from align.llm.backend import Backend, ChatRequest
+from align.llm.parsing import label_mass, single_label
 
 log = logging.getLogger("align.judging.alpacaeval")
 ANSWER_TOKENS = 1  # AlpacaEval 2's annotator reads one token...
 TOP_LOGPROBS = 5  # ...and its top 5 alternatives
+
+
+def parse_alpaca(
+    text: str, top_logprobs: dict[str, float] | None
+) -> tuple[float | None, str | None, str]:
+    """AlpacaEval preference in [1, 2] of the output shown second (`M`) over the first (`m`):
+    soft 2 - P(m) / (P(m) + P(M)) from first-token log-probs when either label is among them,
+    else hard (1 or 2) from a reply that is just the label. Returns (pref, error, kind)."""
+    p_m, p_big = label_mass(top_logprobs, "m"), label_mass(top_logprobs, "M")
+    if p_m + p_big > 0:
+        return 2 - p_m / (p_m + p_big), None, "soft"
+    label = single_label(text, ("m", "M"))
+    if label is None:
+        return None, "reply is not the label m or M", "none"
+    return (1.0 if label == "m" else 2.0), None, "hard"
 
 
 def read_outputs(path: Path, need_output: bool) -> list[dict[str, Any]]:

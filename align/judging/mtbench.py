@@ -19,10 +19,9 @@ import re
 import time
 from pathlib import Path
 
-from align.errors import AlignError
-from align.judging.backends import Backend, ChatRequest
-from align.judging.config import MTBenchConfig
-from align.judging.fastchat_io import (
+from align.config.judge import MTBenchConfig
+from align.core.errors import AlignError
+from align.data.fastchat import (
     Question,
     QuestionId,
     answer_record,
@@ -30,10 +29,11 @@ from align.judging.fastchat_io import (
     read_questions,
     write_jsonl,
 )
-from align.judging.parsing import parse_rating, parse_verdict
 from align.judging.policy import GenerateFn
 from align.judging.prompts import MTBENCH
 from align.judging.report import Outcome
+from align.llm.backend import Backend, ChatRequest
+from align.llm.parsing import parse_rating, parse_verdict
 
 log = logging.getLogger("align.judging.mtbench")
 NEED_REF_CATS = frozenset({"math", "reasoning", "coding", "arena-hard-200"})

@@ -18,8 +18,8 @@ def hf_generate_fn(
 ) -> GenerateFn:
     """A generate_fn over a prepared HF folder: conversations grouped by temperature, batched,
     each batch reseeded from (seed, temperature, batch index) so reruns draw the same texts."""
-    from align.models import load_model, load_tokenizer
-    from align.sampling import generate
+    from align.generate.hf import generate
+    from align.model.loading import load_model, load_tokenizer
 
     model, tokenizer = load_model(model_path, dtype), load_tokenizer(model_path)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from align.judging.config import BackendConfig
+from align.config.judge import BackendConfig
 
 Metrics = dict[str, float | int | None]
 SMOKE_JUDGES = ("embedded", "tiny")

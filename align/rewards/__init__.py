@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from align.config import RewardConfig
-from align.errors import AlignError
-from align.io import sha256_file
+from align.core.errors import AlignError
+from align.core.io import sha256_file
 
 RewardFn = Callable[..., list[float]]
 
@@ -57,7 +57,7 @@ def reward_fingerprint(cfg: RewardConfig) -> str:
     """What identifies the reward for caching: the function's source file hash, the judge and
     its template, or the model id."""
     if cfg.judge:
-        from align.judging.backends import judge_fingerprint
+        from align.llm.backend import judge_fingerprint
 
         return f"judge:{judge_fingerprint(cfg.judge.backend)}:{cfg.judge.template}"
     if cfg.function:
@@ -72,7 +72,7 @@ class RewardModel:
     def __init__(self, source: str):
         from transformers import AutoModelForSequenceClassification
 
-        from align.models import load_tokenizer, resolve_model
+        from align.model.loading import load_tokenizer, resolve_model
 
         path = resolve_model(source)
         self.tokenizer = load_tokenizer(path)
@@ -117,8 +117,8 @@ class Scorer:
         self.rm = RewardModel(cfg.model) if cfg.model else None
         self.judge = None
         if cfg.judge:
-            from align.judging.run import RewardJudge
-            from align.models import cache_root
+            from align.model.loading import cache_root
+            from align.rewards.judge import RewardJudge
 
             self.judge = RewardJudge(cfg.judge, cache_root() / "judgments")
 

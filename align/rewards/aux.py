@@ -15,7 +15,7 @@ from functools import cache
 
 import torch
 
-from align.errors import AlignError
+from align.core.errors import AlignError
 
 AuxFn = Callable[[list[str], str | None], list[float]]
 WORD = re.compile(r"\w+")
@@ -29,8 +29,8 @@ def _textstat():
     import nltk
     import textstat
 
-    from align.io import atomic_write_text
-    from align.models import cache_root
+    from align.core.io import atomic_write_text
+    from align.model.loading import cache_root
 
     root = (cache_root() / "nltk_data").resolve()
     corpus = root / "corpora" / "cmudict" / "cmudict"
@@ -87,7 +87,7 @@ def sentence_end(completions: list[str], model: str | None = None) -> list[float
 def _classifier(source: str):
     from transformers import AutoModelForSequenceClassification
 
-    from align.models import load_tokenizer, resolve_model
+    from align.model.loading import load_tokenizer, resolve_model
 
     path = resolve_model(source)
     tokenizer = load_tokenizer(path)
@@ -124,11 +124,6 @@ AUX_REWARDS: dict[str, AuxFn] = {
 }
 
 
-def needs_model(name: str) -> bool:
-    """Whether the auxiliary reward `name` reads a classifier named in its `model` key."""
-    return name == "safety"
-
-
 def combined_aux_rewards(specs: list, completions: list[str]) -> tuple[list[float], dict]:
     """``R = sum_i w_i r_i`` per completion for `train.aux_rewards` entries (fn, weight, model).
 
@@ -144,7 +139,7 @@ def combined_aux_rewards(specs: list, completions: list[str]) -> tuple[list[floa
 
 def aux_fingerprint(specs: list) -> list[str] | None:
     """What identifies the aux rewards beyond the config: the classifier models' content."""
-    from align.models import source_fingerprint
+    from align.model.loading import source_fingerprint
 
     models = [source_fingerprint(s.model) for s in specs if s.model]
     return models or None

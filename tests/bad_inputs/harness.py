@@ -125,7 +125,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def make_judged_project(dest: Path) -> Path:
     """The corpus base with a judge stage and the MT-Bench / AlpacaEval example files."""
-    from align.judging.examples import write_alpacaeval_example, write_mtbench_example
+    from align.data.judge_examples import write_alpacaeval_example, write_mtbench_example
 
     make_project(dest, "_judged")
     write_mtbench_example(dest / "data" / "mtbench")

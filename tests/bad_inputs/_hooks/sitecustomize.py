@@ -32,9 +32,9 @@ if "enospc" in _faults:
 if "slow_step" in _faults:
     import time
 
-    import align.trainer
+    import align.train.trainer
 
-    _logps = align.trainer.Trainer._sequence_logps
+    _logps = align.train.trainer.Trainer._sequence_logps
 
     def _slow_logps(self, *args, **kwargs):
         with open(_faults["progress"], "a") as f:
@@ -44,7 +44,7 @@ if "slow_step" in _faults:
         time.sleep(_faults["slow_step"])
         return _logps(self, *args, **kwargs)
 
-    align.trainer.Trainer._sequence_logps = _slow_logps
+    align.train.trainer.Trainer._sequence_logps = _slow_logps
 
 if "slow_score" in _faults:
     import time

@@ -1,0 +1,174 @@
+"""From a YAML path to a validated `PipelineConfig`: the smoke profile, `--set` overrides, and
+validation errors as one line per problem naming the file, the YAML path and the valid values.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from align.config.pipeline import (
+    PipelineConfig,
+)
+from align.config.reading import _yaml_problem, parse_yaml, read_yaml
+from align.core.errors import AlignError
+
+# Applied by --smoke before the pipeline's own `smoke.set`: the exact stage structure on the
+# tiny model with a handful of records, in a separate run folder.
+SMOKE_PROFILE: dict[str, Any] = {
+    "model.policy": "tiny",
+    "model.reference": None,
+    "model.dtype": "float32",
+    "data.train.limit": 4,
+    "train.max_steps": 2,
+    "train.save_steps": 1,
+    "train.batch_size": 2,
+    "train.grad_accum": 1,
+    "train.precision": "fp32",
+    "train.max_length": 128,
+    "train.max_prompt_length": 64,
+}
+
+
+SMOKE_JUDGE = {"kind": "local", "model": "tiny", "max_new_tokens": 8}
+
+
+SMOKE_IF_PRESENT = {
+    "sample": {"sample.max_new_tokens": 8, "sample.batch_prompts": 2, "sample.shard_size": 2},
+    "evaluate": {"evaluate.max_new_tokens": 8, "evaluate.limit": 4},
+    "data.eval": {"data.eval.limit": 4},
+    # the whole backend is replaced: openai-only keys must not survive on a local judge
+    "judge": {"judge.backend": SMOKE_JUDGE},
+    "judge.mtbench": {"judge.mtbench.limit": 2, "judge.mtbench.max_new_tokens": 8},
+    "judge.alpacaeval": {"judge.alpacaeval.limit": 3, "judge.alpacaeval.max_new_tokens": 8},
+    "annotate.reward.judge": {"annotate.reward.judge.backend": SMOKE_JUDGE},
+    "train.preference.judge": {"train.preference.judge.backend": SMOKE_JUDGE},
+    "train.online": {"train.rollout.max_new_tokens": 8},
+    "rewrite": {"rewrite.backend": SMOKE_JUDGE},
+    "train.preference.reward.judge": {"train.preference.reward.judge.backend": SMOKE_JUDGE},
+}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.loss.beta=0.1' -> ('train.loss.beta', 0.1); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
+        raise AlignError(f"--set {text!r}: expected key.path=value, e.g. train.loss.beta=0.1")
+    try:
+        return key, parse_yaml(value) if value else None
+    except yaml.YAMLError as exc:
+        problem = _yaml_problem(exc)[1].removesuffix("; fix the syntax")
+        raise AlignError(
+            f"--set {text!r}: the value is not valid YAML: {problem}; quote it, "
+            "e.g. --set 'train.loss={name: dpo, beta: 0.1}'"
+        ) from None
+
+
+def set_path(data: dict, key: str, value: Any) -> None:
+    """Set a dotted key in a nested dict, creating missing levels."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _get_path(data: dict, key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _apply_smoke(raw: dict) -> None:
+    for key, value in SMOKE_PROFILE.items():
+        set_path(raw, key, value)
+    for present, overrides in SMOKE_IF_PRESENT.items():
+        if _get_path(raw, present) is not None:
+            for key, value in overrides.items():
+                set_path(raw, key, value)
+    smoke = raw.get("smoke")
+    extra = smoke.get("set") if isinstance(smoke, dict) else None
+    for key, value in (extra if isinstance(extra, dict) else {}).items():
+        set_path(raw, key, value)
+    raw["name"] = f"{raw.get('name', 'pipeline')}-smoke"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model whose fields live at `loc` (for 'did you mean' on unknown keys)."""
+    model: Any = PipelineConfig
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = field.annotation
+        if isinstance(model, types.UnionType) or typing.get_origin(model) is typing.Union:
+            model = next((a for a in typing.get_args(model) if a is not type(None)), None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _format_error(err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not str(p).startswith("function-after"))
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = list(parent.model_fields) if parent else []
+        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        return (
+            f"{where}: unknown key"
+            + (f" (did you mean {'.'.join(map(str, (*loc[:-1], hint[0])))!r}?)" if hint else "")
+            + (f"; valid keys here: {', '.join(valid)}" if valid else "")
+        )
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # whole-pipeline checks name their keys in the message
+        return msg
+    if err["type"] == "literal_error":
+        msg = f"{err.get('input')!r} is not one of {err['ctx']['expected']}"
+    elif err["type"].endswith(("_parsing", "_type")) and _short_scalar(err.get("input")):
+        msg = f"{msg}; got {err['input']!r}"
+    return f"{where}: {msg}"
+
+
+def _short_scalar(value: Any) -> bool:
+    """Whether a wrong value is worth echoing (short and plain: never a whole section)."""
+    return isinstance(value, str | int | float | bool) and len(repr(value)) <= 40
+
+
+def validate_dict(raw: Any, source: str) -> PipelineConfig:
+    """Validate a parsed YAML document; every problem becomes one line naming `source`."""
+    if not isinstance(raw, dict):
+        raise AlignError(f"{source}: the pipeline must be a YAML mapping (key: value), not {raw!r}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = sorted({_format_error(e) for e in exc.errors()})
+        raise AlignError("; ".join(f"{source}: {line}" for line in lines)) from None
+
+
+def load_pipeline(
+    path: str | Path, overrides: list[str] | None = None, smoke: bool = False
+) -> PipelineConfig:
+    """Read, override, smoke-profile and validate a pipeline YAML."""
+    path = Path(path)
+    raw = copy.deepcopy(read_yaml(path))
+    if not isinstance(raw, dict):
+        return validate_dict(raw, str(path))
+    if smoke:
+        _apply_smoke(raw)
+    for text in overrides or []:
+        set_path(raw, *parse_override(text))
+    return validate_dict(raw, str(path))

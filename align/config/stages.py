@@ -1,0 +1,77 @@
+"""The sections of the stages around training: `sample`, `annotate`, `rewrite`, `evaluate`, plus
+`schedule` and `smoke`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from align.config.base import Dtype, Strict
+from align.config.judge import (
+    BackendConfig,
+)
+from align.config.rewards import RewardConfig
+from align.core.runtime import installed
+
+
+class SampleConfig(Strict):
+    k: int = Field(4, ge=1)  # responses per prompt
+    max_new_tokens: int = Field(128, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_prompts: int = Field(8, gt=0)  # prompts per generate call (x k sequences)
+    shard_size: int = Field(32, gt=0)  # prompts per shard: the unit a killed run resumes from
+    seed: int = 0
+    dtype: Dtype | None = (
+        None  # generation precision; None: model.dtype (bfloat16 is ~1.7x faster on CPU)
+    )
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU machines with vLLM installed
+
+    @model_validator(mode="after")
+    def _backend_installed(self) -> SampleConfig:
+        if self.backend == "vllm" and not installed("vllm"):
+            raise ValueError(
+                "backend: 'vllm' needs the vllm package, which is not installed here; install "
+                "it on the GPU machine (pip install vllm) or use backend: hf"
+            )
+        return self
+
+
+class AnnotateConfig(Strict):
+    reward: RewardConfig
+    ref_logps: bool = True  # precompute reference log-probs once (offline losses need them)
+    batch_size: int = Field(8, gt=0)  # sequences per reference forward pass
+
+
+class RewriteConfig(Strict):
+    """BMC's bridging stage: an LLM minimally edits each loser towards its winner."""
+
+    method: Literal["bmc"] = "bmc"
+    backend: BackendConfig  # the judge backends: local HF (offline default) or OpenAI-compatible
+    # a rewrite longer than this many times the loser (in tokens, plus 16) is cut by rule
+    max_length_ratio: float = Field(2.0, ge=1)
+    cache_dir: str | None = None  # rewrite cache; None: <cache root>/rewrites
+    shard_size: int = Field(32, gt=0)  # pairs per shard: the unit a killed run resumes from
+
+
+class EvaluateConfig(Strict):
+    max_new_tokens: int = Field(128, gt=0)
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy
+    batch_size: int = Field(16, gt=0)
+    limit: int | None = Field(None, gt=0)
+    dtype: Dtype | None = None  # generation precision; None: model.dtype
+    reward: RewardConfig | None = None  # default: annotate.reward
+
+
+class ScheduleConfig(Strict):
+    """When the Prefect deployment of this pipeline runs on its own (not part of any hash)."""
+
+    cron: str  # e.g. "0 2 * * *": nightly re-training at 02:00
+    timezone: str = "UTC"
+
+
+class SmokeConfig(Strict):
+    # extra overrides `--smoke` applies after the global smoke profile
+    set: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,119 @@
+"""`train`: optimisation, precision, lengths, checkpoints, online rollouts and multi-process
+training. The loss and its parameters are in align/config/losses.py.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from align.config.base import Strict
+from align.config.rewards import AuxRewardConfig, PreferenceConfig
+
+
+class RolloutConfig(Strict):
+    """Sampling inside online training (both models, KV-cached geometric mixture)."""
+
+    max_new_tokens: int = Field(64, gt=0)  # TRL OnlineDPOConfig default
+    temperature: float = Field(1.0, gt=0)  # 1: the policy's own distribution (on-policy)
+    top_p: float = Field(1.0, gt=0, le=1)
+    # log P(training sample > a reference sample) per step; one reference sample per prompt,
+    # drawn once (seeded by the prompt's index) and kept
+    win_rate: bool = True
+
+
+class LossConfig(BaseModel):
+    """`name` picks a loss from align.losses.LOSSES; the other keys are that loss's parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @model_validator(mode="after")
+    def _known(self) -> LossConfig:
+        from align.train.losses import check_params, get_loss
+
+        spec = get_loss(self.name)
+        extra = dict(self.model_extra or {})
+        for key, value in extra.items():
+            if key not in spec.params:
+                hint = difflib.get_close_matches(key, list(spec.params), n=1)
+                raise ValueError(
+                    f"unknown parameter {key!r} for loss {self.name!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; valid: {', '.join(spec.params)}"
+                )
+            default = spec.params[key]
+            if isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ValueError(f"{key}: must be a name, got {value!r}")
+                continue
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"{key}: must be true or false, got {value!r}")
+            if not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise ValueError(f"{key}: must be a number, got {value!r}")
+        check_params(self.name, extra)
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The loss parameters with the registry defaults filled in."""
+        from align.train.losses import get_loss
+
+        return {**get_loss(self.name).params, **(self.model_extra or {})}
+
+
+class DistributedConfig(Strict):
+    """Multi-process training under `accelerate launch` (docs/operations.md)."""
+
+    num_processes: int = Field(gt=0)  # one per GPU; train.batch_size is per process
+    # an accelerate config file (configs/accelerate/ddp.yaml, fsdp.yaml, zero3.yaml);
+    # None: plain DDP (gloo on CPU, NCCL on GPUs)
+    config: str | None = None
+
+
+class TrainConfig(Strict):
+    loss: LossConfig
+    learning_rate: float = Field(5e-6, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)  # overrides epochs when set
+    batch_size: int = Field(4, gt=0)  # prompts per micro-batch, each with all its responses
+    grad_accum: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    # bf16: autocast over fp32 weights; bf16_weights: bf16 weights and activations, fp32 master
+    # copies in the optimizer (align/precision.py; faster on CPU, one process or DDP)
+    precision: Literal["fp32", "bf16", "bf16_weights"] = "fp32"
+    # the trained policy's attention: 'sdpa' (torch's fused kernel, least memory) or 'matmul'
+    # (grouped batched matmuls, align/attention.py; faster for bf16 on CPU, O(T^2) memory)
+    attention: Literal["sdpa", "matmul"] = "sdpa"
+    max_length: int = Field(1024, gt=0)  # prompt + response tokens
+    max_prompt_length: int = Field(512, gt=0)  # prompt tokens (chat template included)
+    # a longer prompt: 'error' names the record; 'keep_end' cuts it from the left (NCA recipe)
+    prompt_overflow: Literal["error", "keep_end"] = "error"
+    save_steps: int = Field(50, gt=0)
+    keep_checkpoints: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    # run each prompt once and its K responses on its KV cache (off with gradient checkpointing)
+    share_prompt: bool = True
+    seed: int = 0
+    # online alignment (docs/online.md): sample a pair per prompt every step, label it with
+    # `preference`, update with an online loss (online_ipo, ipo_md, nash_md_pg, ...)
+    online: bool = False
+    preference: PreferenceConfig | None = None
+    # UPO's designer rewards, computed once by annotate on every response: R = sum_i w_i r_i
+    aux_rewards: list[AuxRewardConfig] = Field(default_factory=list)
+    rollout: RolloutConfig = RolloutConfig()
+    # None: one process; set: `accelerate launch` with num_processes (global batch =
+    # batch_size x grad_accum x num_processes)
+    distributed: DistributedConfig | None = None
+
+    @model_validator(mode="after")
+    def _lengths(self) -> TrainConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        return self

@@ -1,0 +1,150 @@
+"""Read prompts and K-wise data from local files or HF datasets into normalised records.
+
+Every input shape becomes one of two record kinds:
+  prompts:  {id, prompt: [messages], **extra columns (e.g. answer)}
+  K-wise:   {id, prompt: [messages], responses: [K str], rewards: [K float]}
+Formats: `prompts`, `kwise` (responses/rewards columns), `ultrafeedback` (prompt, A0..A{K-1},
+A{i}_score, as in the NCA reward dataset), `pairs` (TRL prompt/chosen/rejected -> K=2, rewards 1/0).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from align.config import DatasetConfig
+from align.core.errors import AlignError
+
+LOCAL_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _load_rows(ds: DatasetConfig) -> list[dict]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if ds.path is not None:
+            path = Path(ds.path)
+            if not path.is_file():
+                raise AlignError(f"data path {ds.path!r} does not exist; run `make data` or fix it")
+            loader = LOCAL_LOADERS.get(path.suffix)
+            if loader is None:
+                raise AlignError(
+                    f"data path {ds.path!r}: unsupported suffix; "
+                    f"use one of {', '.join(LOCAL_LOADERS)}"
+                )
+            size = path.stat().st_size
+            if size == 0 or (
+                loader == "json" and size < 64 and path.read_text().strip() in ("", "[]")
+            ):
+                return []  # load_records names the section and file
+            table = datasets.load_dataset(loader, data_files=str(path), split="train")
+        else:
+            table = datasets.load_dataset(ds.hf_dataset, split=ds.split)
+    except AlignError:
+        raise
+    except Exception as exc:  # datasets raises many types for unreadable or unreachable data
+        source = ds.path or f"hf_dataset {ds.hf_dataset!r} split {ds.split!r}"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AlignError(f"cannot read {source}: {first}") from None
+    rows = table.to_list()
+    return rows[: ds.limit] if ds.limit else rows
+
+
+def as_messages(prompt: Any, where: str) -> list[dict]:
+    """A string becomes one user message; TRL conversational prompts pass through."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise AlignError(f"{where}: empty prompt")
+        return [{"role": "user", "content": prompt}]
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt)
+    ):
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    raise AlignError(f"{where}: prompt must be a string or a list of {{role, content}} messages")
+
+
+def _response_text(value: Any, where: str) -> str:
+    """A response as text: a string, or the last assistant message of a chat list."""
+    if isinstance(value, list):
+        replies = [
+            m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "assistant"
+        ]
+        value = replies[-1] if replies else None
+    if not isinstance(value, str) or not value.strip():
+        raise AlignError(f"{where}: empty or missing response; drop the record or fill it in")
+    return value
+
+
+def _reward(value: Any, where: str) -> float:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        raise AlignError(f"{where}: reward must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise AlignError(f"{where}: reward is {value}; rewards must be finite numbers")
+    return float(value)
+
+
+def _ultrafeedback_columns(row: dict, where: str) -> list[int]:
+    idx = sorted(int(m.group(1)) for k in row if (m := re.fullmatch(r"A(\d+)", k)))
+    if not idx or idx != list(range(len(idx))):
+        raise AlignError(
+            f"{where}: ultrafeedback format needs columns A0..A{{K-1}} with A{{i}}_score"
+        )
+    return idx
+
+
+def _normalise(row: dict, i: int, ds: DatasetConfig, where: str) -> dict:
+    col = {
+        name: ds.fields.get(name, name)
+        for name in ("id", "prompt", "answer", "responses", "rewards", "chosen", "rejected")
+    }
+    if col["prompt"] not in row:
+        raise AlignError(f"{where}: no column {col['prompt']!r}; map it with data.*.fields.prompt")
+    rid = str(row[col["id"]]) if row.get(col["id"]) is not None else f"{i:06d}"
+    rec: dict[str, Any] = {"id": rid, "prompt": as_messages(row[col["prompt"]], where)}
+    where = f"{where} (id {rid})"
+    if ds.format == "prompts":
+        extra = {k: v for k, v in row.items() if k not in (col["id"], col["prompt"])}
+        if col["answer"] in row:
+            extra["answer"] = extra.pop(col["answer"])
+        return rec | extra
+    if ds.format == "kwise":
+        responses, rewards = row.get(col["responses"]), row.get(col["rewards"])
+        if not isinstance(responses, list) or not isinstance(rewards, list):
+            raise AlignError(f"{where}: kwise records need list columns responses and rewards")
+    elif ds.format == "ultrafeedback":
+        idx = _ultrafeedback_columns(row, where)
+        responses = [row[f"A{k}"] for k in idx]
+        rewards = [row.get(f"A{k}_score") for k in idx]
+    else:  # pairs
+        responses, rewards = [row.get(col["chosen"]), row.get(col["rejected"])], [1.0, 0.0]
+    if len(responses) != len(rewards):
+        raise AlignError(
+            f"{where}: {len(responses)} responses but {len(rewards)} rewards; K must match"
+        )
+    rec["responses"] = [_response_text(r, f"{where} response {k}") for k, r in enumerate(responses)]
+    rec["rewards"] = [_reward(r, f"{where} reward {k}") for k, r in enumerate(rewards)]
+    return rec
+
+
+def load_records(
+    ds: DatasetConfig, system_prompt: str | None = None, what: str = "data"
+) -> list[dict]:
+    """Normalised records of one dataset section; errors name the source and the record."""
+    source = ds.path or ds.hf_dataset
+    rows = _load_rows(ds)
+    if not rows:
+        raise AlignError(f"{what}: {source} holds no records")
+    records = [_normalise(r, i, ds, f"{what}: {source} record {i}") for i, r in enumerate(rows)]
+    seen: set[str] = set()
+    for rec in records:
+        if rec["id"] in seen:
+            raise AlignError(f"{what}: {source}: duplicate id {rec['id']!r}; ids must be unique")
+        seen.add(rec["id"])
+        if system_prompt and rec["prompt"][0]["role"] != "system":
+            rec["prompt"] = [{"role": "system", "content": system_prompt}, *rec["prompt"]]
+    return records

@@ -1,0 +1,3 @@
+"""Text generation: batched HF sampling, the vLLM engine, and the geometric-mixture sampler of
+the online losses.
+"""

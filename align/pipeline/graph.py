@@ -1,0 +1,328 @@
+"""The stage graph of a pipeline: each stage's upstream stages, config sections, inputs and
+outputs, its content hash, and whether its output is current.
+
+A stage's hash covers its config sections, its inputs (upstream stage hashes, data files,
+model and reward fingerprints) and the code version. The hash is Prefect's cache key; DVC's
+`dvc.lock` records the same deps and outs. A stage folder is complete only once its
+`manifest.json` (written last, atomically) carries the current hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from align.config import DatasetConfig, PipelineConfig, section
+from align.core.io import (
+    canonical_json,
+    read_json,
+    sha256_file,
+    sha256_text,
+)
+
+MANIFEST = "manifest.json"
+
+
+MARKER = ".stage_hash"  # written when a stage starts: partial output of another config is wiped
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@cache
+def code_version() -> str:
+    """Hash of the library's source: any change to align/ re-runs every stage."""
+    return sha256_text(
+        "".join(
+            f"{p.relative_to(PACKAGE_ROOT)}\n{p.read_text()}"
+            for p in sorted(PACKAGE_ROOT.rglob("*.py"))
+        )
+    )[:16]
+
+
+def data_fingerprint(ds: DatasetConfig | None) -> str | None:
+    if ds is None:
+        return None
+    if ds.path is not None:
+        path = Path(ds.path)
+        return sha256_file(path) if path.is_file() else f"missing:{ds.path}"
+    return f"hf:{ds.hf_dataset}:{ds.split}"
+
+
+@dataclass(frozen=True)
+class Out:
+    """One output path for DVC: a plain out, a metrics file or a plots table."""
+
+    path: str
+    kind: str = "out"  # out | metrics | plots
+    cache: bool = True
+    persist: bool = False
+    dep: bool = True  # whether downstream stages depend on it (checkpoints and logs: no)
+
+
+@dataclass(frozen=True)
+class StageDef:
+    name: str
+    upstream: tuple[str, ...]
+    sections: tuple[str, ...]  # config keys hashed into this stage
+    outs: Callable[[PipelineConfig, str], list[Out]]  # (config, stage folder) -> outputs
+    inputs: Callable[[PipelineConfig], dict[str, Any]] = lambda cfg: {}
+    data_deps: Callable[[PipelineConfig], list[str]] = lambda cfg: []
+
+
+@dataclass
+class StagePlan:
+    name: str
+    stage_hash: str
+    inputs: dict[str, Any]
+    folder: Path
+    outs: list[Out]
+    cached: bool
+    data_deps: list[str] = field(default_factory=list)
+
+
+def _folder_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
+    return [Out(folder, persist=True)]
+
+
+def _train_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
+    return [
+        Out(f"{folder}/model", cache=False),
+        Out(f"{folder}/checkpoints", cache=False, persist=True, dep=False),
+        Out(f"{folder}/log.jsonl", persist=True, dep=False),
+        Out(f"{folder}/{MANIFEST}"),
+        Out(f"{folder}/metrics.json", kind="metrics", cache=False),
+        Out(f"{folder}/curves.csv", kind="plots", cache=False),
+    ]
+
+
+def _evaluate_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
+    return [
+        Out(f"{folder}/answers-initial.jsonl"),
+        Out(f"{folder}/answers-trained.jsonl"),
+        Out(f"{folder}/report.md", cache=False),
+        Out(f"{folder}/{MANIFEST}"),
+        Out(f"{folder}/metrics.json", kind="metrics", cache=False),
+    ]
+
+
+def _judge_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
+    protocols = [name for name in ("mtbench", "alpacaeval") if getattr(cfg.judge, name)]
+    return [
+        *(Out(f"{folder}/{name}") for name in protocols),
+        Out(f"{folder}/report.md", cache=False),
+        Out(f"{folder}/{MANIFEST}"),
+        Out(f"{folder}/scores.json", kind="metrics", cache=False),
+    ]
+
+
+JUDGE_FILE_KEYS = (
+    "questions",
+    "reference_answers",
+    "baseline_answers",
+    "reference_outputs",
+    "instructions",
+    "difficulty",
+)
+
+
+def _judge_files(cfg: PipelineConfig) -> list[str]:
+    """Every question, reference and baseline file the judge stage reads."""
+    sections = [cfg.judge.mtbench, cfg.judge.alpacaeval] if cfg.judge else []
+    return [
+        value
+        for sec in sections
+        if sec is not None
+        for key, value in sec.model_dump().items()
+        if key in JUDGE_FILE_KEYS and value
+    ]
+
+
+def _judge_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    from align.llm.backend import judge_fingerprint
+
+    files = {
+        path: sha256_file(Path(path)) if Path(path).is_file() else "missing"
+        for path in _judge_files(cfg)
+    }
+    return {"judge": judge_fingerprint(cfg.judge.backend), "files": files}
+
+
+def _reward_input(cfg: PipelineConfig, which: str) -> dict[str, Any]:
+    from align.rewards import reward_fingerprint
+
+    reward = cfg.annotate.reward if which == "annotate" else cfg.eval_reward
+    return {"reward": reward_fingerprint(reward)}
+
+
+def _train_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    """Online training reads the prompts and the preference source itself (no annotate)."""
+    if not cfg.train.online:
+        return {}
+    from align.rewards.preference import preference_fingerprint
+
+    return {
+        "data": data_fingerprint(cfg.data.train),
+        "system_prompt": cfg.data.system_prompt,
+        "preference": preference_fingerprint(cfg.train.preference),
+    }
+
+
+def _aux_input(cfg: PipelineConfig) -> list[str] | None:
+    from align.rewards.aux import aux_fingerprint
+
+    return aux_fingerprint(cfg.train.aux_rewards)
+
+
+def _rewrite_input(cfg: PipelineConfig) -> dict[str, Any]:
+    from align.llm.backend import judge_fingerprint
+
+    return {"rewriter": judge_fingerprint(cfg.rewrite.backend)}
+
+
+def _model_source(cfg: PipelineConfig) -> dict[str, Any]:
+    from align.model.loading import source_fingerprint
+
+    return {
+        "policy": source_fingerprint(cfg.model.policy),
+        "reference": cfg.model.reference and source_fingerprint(cfg.model.reference),
+    }
+
+
+STAGES: dict[str, StageDef] = {
+    s.name: s
+    for s in [
+        StageDef("prepare-model", (), ("model",), _folder_outs, inputs=_model_source),
+        StageDef(
+            "sample",
+            ("prepare-model",),
+            ("sample", "data.train", "data.system_prompt"),
+            _folder_outs,
+            inputs=lambda cfg: {"data": data_fingerprint(cfg.data.train)},
+            data_deps=lambda cfg: [cfg.data.train.path] if cfg.data.train.path else [],
+        ),
+        StageDef(
+            "annotate",
+            ("prepare-model", "sample"),
+            ("annotate", "data.train", "data.system_prompt", "train.lengths", "train.aux_rewards"),
+            _folder_outs,
+            inputs=lambda cfg: {
+                **_reward_input(cfg, "annotate"),
+                "aux": _aux_input(cfg),
+                "data": None if cfg.sample else data_fingerprint(cfg.data.train),
+            },
+            data_deps=lambda cfg: (
+                [] if cfg.sample or not cfg.data.train.path else [cfg.data.train.path]
+            ),
+        ),
+        StageDef(
+            "rewrite",
+            ("prepare-model", "annotate"),
+            ("rewrite", "train.lengths"),
+            _folder_outs,
+            inputs=_rewrite_input,
+        ),
+        StageDef(
+            "train",
+            ("prepare-model", "annotate", "rewrite"),
+            ("train", "model"),
+            _train_outs,
+            inputs=_train_inputs,
+            data_deps=lambda cfg: (
+                [cfg.data.train.path] if cfg.train.online and cfg.data.train.path else []
+            ),
+        ),
+        StageDef(
+            "evaluate",
+            ("prepare-model", "train"),
+            ("evaluate", "data.eval", "data.system_prompt", "train.aux_rewards"),
+            _evaluate_outs,
+            inputs=lambda cfg: {
+                **_reward_input(cfg, "evaluate"),
+                "aux": _aux_input(cfg),
+                "eval_data": data_fingerprint(cfg.data.eval),
+            },
+            data_deps=lambda cfg: (
+                [cfg.data.eval.path] if cfg.data.eval and cfg.data.eval.path else []
+            ),
+        ),
+        StageDef(
+            "judge",
+            ("prepare-model", "train"),
+            ("judge",),
+            _judge_outs,
+            inputs=_judge_inputs,
+            data_deps=_judge_files,
+        ),
+    ]
+}
+
+
+def active_stages(cfg: PipelineConfig) -> list[str]:
+    """Stages of this pipeline in DAG order (optional ones only when configured)."""
+    optional = {
+        "sample": cfg.sample is not None,
+        "annotate": cfg.annotate is not None,  # absent with train.online
+        "rewrite": cfg.rewrite is not None,
+        "evaluate": cfg.evaluate is not None,
+        "judge": cfg.judge is not None,
+    }
+    return [name for name in STAGES if optional.get(name, True)]
+
+
+def stage_folder(cfg: PipelineConfig, name: str) -> Path:
+    return Path(cfg.runs_dir) / cfg.name / name
+
+
+def _section_value(cfg: PipelineConfig, key: str) -> Any:
+    if key == "train.lengths":  # tokenisation of reference log-probs follows training's limits
+        return {
+            "max_length": cfg.train.max_length,
+            "max_prompt_length": cfg.train.max_prompt_length,
+            "prompt_overflow": cfg.train.prompt_overflow,
+        }
+    return section(cfg, key)
+
+
+def plan(cfg: PipelineConfig) -> list[StagePlan]:
+    """Every active stage with its hash, inputs, outputs and whether its output is current."""
+    active = active_stages(cfg)
+    hashes: dict[str, str] = {}
+    plans = []
+    for name in active:
+        sd = STAGES[name]
+        inputs = {u: hashes[u] for u in sd.upstream if u in active}
+        inputs.update({k: v for k, v in sd.inputs(cfg).items() if v is not None})
+        config = {key: _section_value(cfg, key) for key in sd.sections}
+        stage_hash = sha256_text(
+            canonical_json(
+                {"stage": name, "config": config, "inputs": inputs, "code": code_version()}
+            )
+        )
+        hashes[name] = stage_hash
+        folder = stage_folder(cfg, name)
+        plans.append(
+            StagePlan(
+                name,
+                stage_hash,
+                inputs,
+                folder,
+                sd.outs(cfg, str(folder)),
+                is_current(folder, stage_hash),
+                sd.data_deps(cfg),
+            )
+        )
+    return plans
+
+
+def is_current(folder: Path, stage_hash: str) -> bool:
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return False
+    m = read_json(manifest)
+    if m.get("stage_hash") != stage_hash:
+        return False
+    return all(Path(p).exists() for p in m.get("requires", []))

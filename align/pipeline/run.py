@@ -1,0 +1,119 @@
+"""Running one stage: skip it when its output is current, else wipe output of another
+configuration, run the stage's runner and write its manifest last.
+
+`run_stage` holds an exclusive lock (`runs/<pipeline>/.<stage>.lock`) while it works: a second
+process asking for the same stage of the same pipeline waits, then finds the output current
+instead of writing into the same folder at the same time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+import time
+from pathlib import Path
+
+from align.config import PipelineConfig
+from align.core.errors import AlignError
+from align.core.io import (
+    atomic_write_json,
+    atomic_write_text,
+    canonical_json,
+    disk_error,
+    exclusive_lock,
+    read_json,
+    sha256_text,
+)
+from align.core.runtime import prepare_process
+from align.pipeline.graph import (
+    MANIFEST,
+    MARKER,
+    STAGES,
+    _section_value,
+    active_stages,
+    code_version,
+    plan,
+    stage_folder,
+)
+from align.stages import RUNNERS
+
+
+def stage_lock_path(cfg: PipelineConfig, name: str) -> Path:
+    """Beside the stage folder, not in it: a folder of another configuration is deleted whole."""
+    return Path(cfg.runs_dir) / cfg.name / f".{name}.lock"
+
+
+def run_stage(cfg: PipelineConfig, name: str, force: bool = False) -> tuple[dict, bool]:
+    """Run one stage unless its output is current. Returns (manifest, ran).
+
+    Holds the stage's lock throughout: a concurrent run of the same stage waits for this one,
+    then sees the manifest and does nothing."""
+    active = active_stages(cfg)
+    if name not in active:
+        hint = difflib.get_close_matches(name, active, n=1)
+        raise AlignError(
+            f"stage {name!r} is not part of pipeline {cfg.name}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; valid: {', '.join(active)}"
+        )
+    try:
+        with exclusive_lock(stage_lock_path(cfg, name), f"stage {name!r} of pipeline {cfg.name}"):
+            return _run_unlocked(cfg, name, force)
+    except OSError as exc:
+        _close_progress_bars()
+        err = disk_error(exc, exc.filename or stage_folder(cfg, name))
+        if err is None:
+            raise
+        raise err from None
+    except BaseException:
+        _close_progress_bars()
+        raise
+
+
+def _close_progress_bars() -> None:
+    """Close the failed stage's open progress bars, so the error that follows starts on a line
+    of its own instead of being glued to a half-drawn bar."""
+    from tqdm.std import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
+def _run_unlocked(cfg: PipelineConfig, name: str, force: bool) -> tuple[dict, bool]:
+    plans = {p.name: p for p in plan(cfg)}
+    p = plans[name]
+    if p.cached and not force:
+        return read_json(p.folder / MANIFEST), False
+    stale = [u for u in STAGES[name].upstream if u in plans and not plans[u].cached]
+    if stale:
+        raise AlignError(
+            f"stage {name!r} needs {', '.join(stale)} to be current first; "
+            f"run `align run` or `align stage` on {stale[0]!r}"
+        )
+    marker = p.folder / MARKER
+    if p.folder.exists() and (not marker.is_file() or marker.read_text() != p.stage_hash):
+        shutil.rmtree(p.folder)  # output of another configuration: never resume from it
+    p.folder.mkdir(parents=True, exist_ok=True)
+    (p.folder / MANIFEST).unlink(missing_ok=True)
+    atomic_write_text(marker, p.stage_hash)
+    upstream = {
+        u: read_json(plans[u].folder / MANIFEST) for u in STAGES[name].upstream if u in plans
+    }
+    prepare_process()  # all cores, a heap that keeps freed blocks (align/runtime.py)
+    started = time.time()
+    summary, requires = RUNNERS[name](cfg, p.folder, upstream, p.stage_hash)
+    manifest = {
+        "stage": name,
+        "pipeline": cfg.name,
+        "stage_hash": p.stage_hash,
+        "config_hash": sha256_text(
+            canonical_json({k: _section_value(cfg, k) for k in STAGES[name].sections})
+        ),
+        "inputs": p.inputs,
+        "code_version": code_version(),
+        "summary": summary,
+        "requires": [str(r) for r in requires],
+        "seconds": round(time.time() - started, 2),
+    }
+    atomic_write_json(p.folder / MANIFEST, manifest)
+    return manifest, True

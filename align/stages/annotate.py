@@ -1,0 +1,122 @@
+"""The `annotate` stage: rewards, reference log-probs, token counts and UPO's designer rewards
+for every response, in shards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from align.config import PipelineConfig
+from align.core.errors import AlignError
+from align.data.datasets import load_records
+from align.data.records import RESERVED, chunks, read_shards, shard_path, write_shard
+from align.model.loading import (
+    load_model,
+    load_tokenizer,
+)
+from align.model.logprobs import shared_prompt_logps
+from align.model.tokenize import encode_record
+from align.rewards import Scorer
+from align.rewards.aux import combined_aux_rewards
+from align.stages.common import check_prompts, train_source
+
+
+@torch.no_grad()
+def _ref_logps(
+    model, tokenizer, records: list[dict], cfg: PipelineConfig
+) -> list[tuple[list[float], list[int]]]:
+    """(reference log-probs [K], token counts [K]) per record; each prompt runs once, its
+    responses on its KV cache (`shared_prompt_logps`), about annotate.batch_size rows a pass."""
+    groups = [
+        encode_record(tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length)
+        for rec in records
+    ]
+    k = max(len(responses) for _, responses in groups)
+    out: list[tuple[list[float], list[int]]] = []
+    for batch in chunks(groups, max(1, cfg.annotate.batch_size // k)):
+        s, n = shared_prompt_logps(model, batch, tokenizer.pad_token_id)
+        s, n = s.tolist(), n.tolist()
+        for _, responses in batch:
+            out.append((s[: len(responses)], n[: len(responses)]))
+            s, n = s[len(responses) :], n[len(responses) :]
+    return out
+
+
+def _check_k(cfg: PipelineConfig, records: list[dict]) -> None:
+    """Dataset responses: every record needs the K the loss asks for (sampling checks sample.k
+    at validation)."""
+    from align.train.losses import get_loss
+
+    spec = get_loss(cfg.train.loss.name)
+    for i, rec in enumerate(records):
+        if len(rec["responses"]) < spec.min_k:
+            raise AlignError(
+                f"{train_source(cfg)} record {i} (id {rec['id']}): {len(rec['responses'])} "
+                f"response(s) but train.loss {spec.name!r} needs K >= {spec.min_k}; "
+                f"give every record at least {spec.min_k} responses or drop it"
+            )
+
+
+def _score(scorer: Scorer, shard: list[dict]) -> None:
+    """Set `rewards` on every record of a shard with one scorer call (K may vary per record)."""
+    extra = [k for k in shard[0] if k not in RESERVED]
+    flat = scorer(
+        [r["prompt"] for r in shard for _ in r["responses"]],
+        [t for r in shard for t in r["responses"]],
+        {k: [r.get(k) for r in shard for _ in r["responses"]] for k in extra},
+        [f"record {r['id']!r} response {j}" for r in shard for j in range(len(r["responses"]))],
+    )
+    start = 0
+    for rec in shard:
+        rec["rewards"] = flat[start : start + len(rec["responses"])]
+        start += len(rec["responses"])
+
+
+def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
+    ac = cfg.annotate
+    if cfg.sample is not None:
+        records = read_shards(Path(cfg.runs_dir) / cfg.name / "sample")
+    else:
+        records = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
+        _check_k(cfg, records)
+    path = upstream["prepare-model"]["summary"]["reference"]["path"]
+    tokenizer = load_tokenizer(path, "reference")
+    check_prompts(cfg, tokenizer, records)
+    scorer = None if ac.reward.from_data else Scorer(ac.reward, "annotate.reward")
+    model = load_model(path, cfg.model.dtype)
+    shards = chunks(records, cfg.sample.shard_size if cfg.sample else 256)
+    bar = tqdm(total=len(records), desc="annotate", unit="prompt")
+    for si, shard in enumerate(shards):
+        target = shard_path(out, si)
+        if target.exists():
+            bar.update(len(shard))
+            continue
+        if scorer is not None:
+            _score(scorer, shard)
+        for rec, (lp, n) in zip(shard, _ref_logps(model, tokenizer, shard, cfg), strict=True):
+            rec["ref_logps"], rec["n_tokens"] = lp, n
+        if cfg.train.aux_rewards:  # UPO's designer rewards, once per response
+            flat, _ = combined_aux_rewards(
+                cfg.train.aux_rewards, [t for r in shard for t in r["responses"]]
+            )
+            for rec in shard:
+                rec["aux_rewards"], flat = (
+                    flat[: len(rec["responses"])],
+                    flat[len(rec["responses"]) :],
+                )
+        write_shard(target, shard)
+        bar.update(len(shard))
+    bar.close()
+    annotated = read_shards(out)
+    rewards = [x for r in annotated for x in r["rewards"]]
+    aux = [x for r in annotated for x in r.get("aux_rewards") or []]
+    return {
+        "records": len(records),
+        "reward_mean": sum(rewards) / len(rewards),
+        "reward_min": min(rewards),
+        "reward_max": max(rewards),
+        **({"aux_reward_mean": sum(aux) / len(aux)} if aux else {}),
+    }, []

@@ -1,0 +1,72 @@
+"""The `rewrite` stage (BMC): annotate's records -> (pseudo-winner, loser) records in shards,
+the rewriter's answers cached so a re-run or a resumed run never pays for one twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from align.config import PipelineConfig
+from align.core.errors import AlignError
+from align.data.records import chunks, read_shards, shard_path, write_shard
+from align.llm.open import open_backend
+from align.model.loading import cache_root, load_model, load_tokenizer
+from align.rewrite.masks import stopword_token_ids
+from align.rewrite.rewriter import (
+    FALLBACKS,
+    REWRITTEN,
+    pair_records,
+    preference_pairs,
+    rewrite_texts,
+)
+
+
+def rewrite_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
+    """The `rewrite` stage: annotate's records -> (pseudo-winner, loser) records in shards."""
+    rc = cfg.rewrite
+    records = read_shards(Path(cfg.runs_dir) / cfg.name / "annotate")
+    pairs, skipped = preference_pairs(records)
+    if not pairs:
+        raise AlignError(
+            f"rewrite: none of the {len(records)} annotated records has a preference (all "
+            "rewards equal within every record); BMC needs pairs: use data or a reward that "
+            "separates responses, or remove 'rewrite'"
+        )
+    path = upstream["prepare-model"]["summary"]["reference"]["path"]
+    tokenizer = load_tokenizer(path, "reference")
+    stopwords = stopword_token_ids(tokenizer)
+    backend = open_backend(rc.backend, Path(rc.cache_dir or cache_root() / "rewrites"))
+    model = None
+    shards = chunks(pairs, rc.shard_size)
+    bar = tqdm(total=len(pairs), desc="rewrite", unit="pair")
+    try:
+        for si, shard in enumerate(shards):
+            target = shard_path(out, si)
+            if not target.exists():  # else written by an earlier, interrupted run
+                texts = rewrite_texts(backend, shard, rc, tokenizer)
+                model = model or load_model(path, cfg.model.dtype)
+                write_shard(target, pair_records(shard, texts, model, tokenizer, stopwords, cfg))
+            bar.update(len(shard))
+    finally:
+        backend.cache.close()
+        bar.close()
+    return summarise(read_shards(out), skipped, backend.stats()), []
+
+
+def summarise(rows: list[dict], skipped: int, stats: dict) -> dict:
+    """Manifest figures: how many pairs were modified, why the others fell back, how much of
+    the pseudo-winners the diff marks."""
+    status = [r["rewrite"] for r in rows]
+    modified = sum(s in REWRITTEN for s in status)
+    marked = [sum(r["diff_masks"][0]) / max(len(r["diff_masks"][0]), 1) for r in rows]
+    return {
+        "pairs": len(rows),
+        "skipped_ties": skipped,
+        "modified": modified,
+        "modified_share": round(modified / len(rows), 4),
+        "shortened": status.count("shortened"),
+        **{f"fallback_{reason}": status.count(reason) for reason in FALLBACKS},
+        "changed_token_share": round(sum(marked) / len(marked), 4),
+        "rewriter": {k: stats.get(k, 0) for k in ("requests", "cache_hits", "output_tokens")},
+    }

@@ -1,0 +1,573 @@
+"""Preference and reward losses over per-sequence log-probabilities.
+
+Every loss is a plain function: tensors in, per-example losses ``[B]`` out; the caller reduces.
+Inputs are sequence log-probabilities of the policy and of the frozen reference (summed over the
+response tokens unless the caller passes means). ``s = policy - ref`` is the log-ratio and
+``z = beta * s`` the scaled implicit reward.
+
+- K-wise losses (``nca``, ``infonca``) take ``[B, K]`` tensors plus an optional bool ``mask``
+  ``[B, K]`` of valid responses, so K may differ per prompt. Masked entries take no part in any
+  softmax or mean, whatever values they hold.
+- Pair losses (``dpo``, ``ipo``, ``slic``, ``nca_pair``) take four ``[B]`` tensors: policy and
+  reference log-probs of the chosen and of the rejected response.
+
+The reward temperature ``alpha``
+    We follow the NCA paper: labels are ``softmax(r / alpha)``. Small alpha gives one-hot labels
+    on the best response, large alpha gives uniform labels; the policy tilt it implies is
+    ``mu * exp(r / (alpha * beta))``. The official NCA code (thu-ml/Noise-Contrastive-Alignment)
+    calls its knob ``temperature_alpha`` and divides the rewards by it as well. With its default
+    1e-4 and UltraFeedback scores that differ by at least a fraction of a point, the scaled scores
+    differ by thousands, so its released reward-setting runs train on labels that are one-hot
+    except for exact ties (which its +0.01 tie-break on the first response then resolves; see
+    ``tie_break_first``). A comment in that code calls the knob the reciprocal of the paper's
+    alpha, but the code divides by it just as the paper's formula does. To reproduce those runs
+    set ``alpha: 1.0e-4`` and ``tie_break_first: true``; our default alpha of 1.0 gives soft
+    labels on 1-10 scores.
+
+Precision: bfloat16/float16 inputs are computed in float32 (the tensors are ``[B, K]``, so this
+costs nothing) and the losses come back in float32; float64 stays float64.
+
+``kwise_loss`` is the single entry point for the trainer: it looks up the registry, applies the
+documented pairing rule for pair losses on K-wise data and reports which rows count.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from align.data.pairing import best_worst_pairs
+from align.train.upo import upo_loss
+
+__all__ = [
+    "LOSSES",
+    "LossSpec",
+    "dpo_loss",
+    "get_loss",
+    "infonca_loss",
+    "ipo_loss",
+    "kwise_loss",
+    "nash_md_pg_loss",
+    "nca_loss",
+    "nca_pair_loss",
+    "online_loss",
+    "reward_labels",
+    "slic_loss",
+]
+
+# Added to the first valid response's reward by ``tie_break_first`` (value from the official code).
+TIE_BREAK_BONUS = 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _fill(dtype: torch.dtype) -> float:
+    # Far below any real logit but finite, so log_softmax stays finite and 0 * fill == 0;
+    # -inf would turn the masked terms into 0 * -inf = NaN.
+    return torch.finfo(dtype).min / 4
+
+
+def _prepare_kwise(
+    policy_logps: Tensor, ref_logps: Tensor, rewards: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Check shapes; return (log-ratio, rewards, mask) with masked entries zeroed."""
+    if policy_logps.dim() != 2:
+        raise ValueError(f"expected [B, K] log-probs, got shape {tuple(policy_logps.shape)}")
+    for name, t in (("ref_logps", ref_logps), ("rewards", rewards), ("mask", mask)):
+        if t is not None and t.shape != policy_logps.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)}; expected {tuple(policy_logps.shape)}"
+            )
+    mask = torch.ones_like(policy_logps, dtype=torch.bool) if mask is None else mask.bool()
+    dtype = _compute_dtype(policy_logps.dtype)
+    # Zero the padding before any arithmetic: garbage there (even NaN) must not reach the
+    # forward value or the gradient.
+    log_ratio = torch.where(mask, policy_logps.to(dtype) - ref_logps.to(dtype), 0.0)
+    rewards = torch.where(mask, rewards.detach().to(dtype), 0.0)
+    return log_ratio, rewards, mask
+
+
+def _pair_margin(
+    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor
+) -> Tensor:
+    dtype = _compute_dtype(policy_chosen.dtype)
+    return (policy_chosen.to(dtype) - ref_chosen.to(dtype)) - (
+        policy_rejected.to(dtype) - ref_rejected.to(dtype)
+    )
+
+
+def _label(label: float | Tensor, like: Tensor) -> float | Tensor:
+    if isinstance(label, Tensor):
+        return label.detach().to(like.dtype)
+    if not 0.0 <= label <= 1.0:
+        raise ValueError(f"label is a preference probability in [0, 1], got {label}")
+    return float(label)
+
+
+# ---------------------------------------------------------------------------------------------
+# K-wise losses
+
+
+def _labels(rewards: Tensor, mask: Tensor, alpha: float, tie_break_first: bool) -> Tensor:
+    # rewards already float, detached and zero at masked entries (_prepare_kwise).
+    if tie_break_first:
+        first = mask.to(torch.uint8).argmax(-1)  # index of the first valid response
+        bump = F.one_hot(first, rewards.shape[-1]).to(rewards.dtype) * mask
+        rewards = rewards + TIE_BREAK_BONUS * bump
+    scaled = (rewards / alpha).masked_fill(~mask, _fill(rewards.dtype))
+    return torch.where(mask, torch.softmax(scaled, dim=-1), 0.0)
+
+
+def reward_labels(
+    rewards: Tensor, mask: Tensor | None = None, *, alpha: float, tie_break_first: bool = False
+) -> Tensor:
+    """Soft labels ``w = softmax(r / alpha)`` over the valid responses of each row.
+
+    rewards, mask: ``[B, K]``. Returns ``[B, K]`` float, zero at masked entries, rows summing to
+    1 (a row with no valid response is all zero). No gradient flows into the rewards.
+
+    ``tie_break_first`` adds 0.01 to the first valid response's reward before scaling, as the
+    official NCA code does so that its A0 (the top-scored answer) stays the argmax under ties.
+    It only acts as a tie-break when alpha is small; at alpha=1 it is a small bias.
+    """
+    dtype = _compute_dtype(rewards.dtype) if rewards.is_floating_point() else torch.float32
+    floats = rewards.to(dtype)
+    _, floats, mask = _prepare_kwise(floats, floats, floats, mask)
+    return _labels(floats, mask, alpha, tie_break_first)
+
+
+def infonca_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    beta: float,
+    alpha: float,
+    mask: Tensor | None = None,
+    tie_break_first: bool = False,
+) -> Tensor:
+    """InfoNCA: K-way cross-entropy from reward labels to the model's implicit-reward softmax.
+
+    ``loss = -sum_i w_i * log_softmax_i(z)`` with ``w = softmax(r / alpha)`` and
+    ``z = beta * (policy_logps - ref_logps)``, both over the valid responses only.
+
+    policy_logps, ref_logps, rewards, mask: ``[B, K]``. Returns ``[B]``. A row with one valid
+    response has loss 0. With K=2 and alpha -> 0 this is DPO.
+
+    Chen et al., "Noise Contrastive Alignment of Language Models with Explicit Rewards",
+    arXiv 2402.05369 (NeurIPS 2024), the InfoNCA objective.
+    """
+    log_ratio, rewards, mask = _prepare_kwise(policy_logps, ref_logps, rewards, mask)
+    w = _labels(rewards, mask, alpha, tie_break_first)
+    logits = (beta * log_ratio).masked_fill(~mask, _fill(log_ratio.dtype))
+    log_p = torch.log_softmax(logits, dim=-1)
+    return -torch.where(mask, w * log_p, 0.0).sum(-1)
+
+
+def nca_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    beta: float,
+    alpha: float,
+    mask: Tensor | None = None,
+    tie_break_first: bool = False,
+) -> Tensor:
+    """NCA: each response classified as "from the reward-tilted policy" against "from mu".
+
+    ``loss = -sum_i w_i * log sigmoid(z_i) - (1/K) * sum_i log sigmoid(-z_i)`` with
+    ``w = softmax(r / alpha)`` and ``z = beta * (policy_logps - ref_logps)``; K is the number of
+    valid responses of the row, so the second term is a mean over them.
+
+    policy_logps, ref_logps, rewards, mask: ``[B, K]``. Returns ``[B]``. With K=2 and alpha -> 0
+    this is ``nca_pair_loss``.
+
+    Chen et al., "Noise Contrastive Alignment of Language Models with Explicit Rewards",
+    arXiv 2402.05369 (NeurIPS 2024), the NCA objective.
+    """
+    log_ratio, rewards, mask = _prepare_kwise(policy_logps, ref_logps, rewards, mask)
+    w = _labels(rewards, mask, alpha, tie_break_first)
+    z = beta * log_ratio
+    n_valid = mask.sum(-1).clamp_min(1)
+    positive = torch.where(mask, w * F.logsigmoid(z), 0.0).sum(-1)
+    negative = torch.where(mask, F.logsigmoid(-z), 0.0).sum(-1) / n_valid
+    return -(positive + negative)
+
+
+# ---------------------------------------------------------------------------------------------
+# pair losses: h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected), all [B]
+
+
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    *,
+    beta: float,
+    label: float | Tensor = 1.0,
+) -> Tensor:
+    """DPO, with an optional soft label.
+
+    ``loss = -p * log sigmoid(beta * h) - (1 - p) * log sigmoid(-beta * h)``, where
+    ``p = label`` is the probability that the chosen response is preferred (1 is plain DPO,
+    0.5 a tie). Inputs ``[B]``, ``label`` a float or ``[B]``. Returns ``[B]``.
+
+    Rafailov et al., "Direct Preference Optimization", arXiv 2305.18290, Eq. 7.
+    """
+    h = _pair_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    p = _label(label, h)
+    return -(p * F.logsigmoid(beta * h) + (1 - p) * F.logsigmoid(-beta * h))
+
+
+def ipo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    *,
+    tau: float,
+    label: float | Tensor = 1.0,
+) -> Tensor:
+    """IPO, with an optional preference probability.
+
+    ``loss = p * (h - 1/(2 tau))^2 + (1 - p) * (-h - 1/(2 tau))^2`` with ``p = label``; p=1 is
+    the paper's offline loss, p=0.5 regresses h to 0. Uses whatever log-probs it is given: for
+    TRL's length-normalised convention pass per-token means (``kwise_loss(..., length_norm=True)``
+    does this). Inputs ``[B]``, ``label`` a float or ``[B]``. Returns ``[B]``.
+
+    Azar et al., "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", arXiv 2310.12036, Eq. 17; soft p as in Calandriello et al., arXiv 2403.08635.
+    """
+    h = _pair_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    p = _label(label, h)
+    target = 1.0 / (2.0 * tau)
+    return p * (h - target) ** 2 + (1 - p) * (h + target) ** 2
+
+
+def slic_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    *,
+    beta: float,
+    label: float | Tensor = 1.0,
+) -> Tensor:
+    """SLiC hinge on the log-ratio margin (TRL's ``hinge``), with an optional soft label.
+
+    ``loss = p * max(0, 1 - beta * h) + (1 - p) * max(0, 1 + beta * h)``; the margin is 1/beta.
+    Inputs ``[B]``. Returns ``[B]``.
+
+    Zhao et al., "SLiC-HF: Sequence Likelihood Calibration with Human Feedback",
+    arXiv 2305.10425 (calibration loss); hinge form as in Liu et al. (RSO), arXiv 2309.06657.
+    """
+    h = _pair_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    p = _label(label, h)
+    return p * torch.relu(1 - beta * h) + (1 - p) * torch.relu(1 + beta * h)
+
+
+def nca_pair_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    *,
+    beta: float,
+) -> Tensor:
+    """NCA for a preference pair.
+
+    ``loss = -log sigmoid(z_w) - 1/2 log sigmoid(-z_w) - 1/2 log sigmoid(-z_l)`` with
+    ``z_w = beta * (policy_chosen - ref_chosen)``, ``z_l = beta * (policy_rejected -
+    ref_rejected)``. Inputs ``[B]``. Returns ``[B]``.
+
+    Chen et al., arXiv 2402.05369, NCA in the preference setting (K=2, hard labels).
+    """
+    dtype = _compute_dtype(policy_chosen.dtype)
+    z_w = beta * (policy_chosen.to(dtype) - ref_chosen.to(dtype))
+    z_l = beta * (policy_rejected.to(dtype) - ref_rejected.to(dtype))
+    return -F.logsigmoid(z_w) - 0.5 * F.logsigmoid(-z_w) - 0.5 * F.logsigmoid(-z_l)
+
+
+# ---------------------------------------------------------------------------------------------
+# online losses (spec section 2): pairs sampled during training, labelled p = P(y > y')
+
+
+def nash_md_pg_loss(
+    policy_logps: Tensor, ref_logps: Tensor, *, tau: float, label: float | Tensor
+) -> Tensor:
+    """Nash-MD-PG surrogate for one policy sample y against an opponent y' from the mixture.
+
+    ``loss = -sg[p - 1/2 - tau * (log pi(y) - log ref(y))] * log pi(y)``, whose gradient is
+    minus the spec's estimator ``grad log pi(y) [P(y > y') - 1/2 - tau log(pi(y)/ref(y))]``:
+    the 1/2 is a control variate, the tau term the KL regulariser (sequence level, not TRL's
+    per-token approximation). policy_logps, ref_logps: ``[B]`` summed log-probs of y; label
+    ``p``: float or ``[B]``. Returns ``[B]``.
+
+    Munos et al., "Nash Learning from Human Feedback", arXiv 2312.00886, section 7.
+    """
+    dtype = _compute_dtype(policy_logps.dtype)
+    policy = policy_logps.to(dtype)
+    p = _label(label, policy)
+    advantage = (p - 0.5 - tau * (policy - ref_logps.to(dtype))).detach()
+    return -advantage * policy
+
+
+def _online_dpo(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, tau: float, label) -> Tensor:
+    return dpo_loss(pc, pr, rc, rr, beta=tau, label=label)  # spec 2.6: -log sigmoid(tau h)
+
+
+def _online_slic(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, tau: float, label) -> Tensor:
+    return slic_loss(pc, pr, rc, rr, beta=tau, label=label)  # spec 2.6: max(0, 1 - tau h)
+
+
+def online_loss(
+    name: str, policy_logps: Tensor, ref_logps: Tensor, label: Tensor, **params: float
+) -> Tensor:
+    """An online loss on sampled pairs; the online trainer's one entry point.
+
+    policy_logps, ref_logps: ``[B, 2]`` summed log-probs of (y, y'); label ``[B]`` = P(y > y').
+    ``beta`` (the mixture weight) only steers sampling and is ignored here. Contrastive losses
+    use the soft-label form ``p l(y, y') + (1 - p) l(y', y)``; ``nash_md_pg`` uses y alone (its
+    opponent enters through p). Returns ``[B]``.
+    """
+    spec = get_loss(name)
+    if spec.kind != "online":
+        raise ValueError(f"loss {name!r} is not an online loss")
+    settings = {k: v for k, v in check_params(name, params).items() if k != "beta"}
+    if name == "nash_md_pg":
+        return spec.fn(policy_logps[:, 0], ref_logps[:, 0], label=label, **settings)
+    return spec.fn(
+        policy_logps[:, 0],
+        policy_logps[:, 1],
+        ref_logps[:, 0],
+        ref_logps[:, 1],
+        label=label,
+        **settings,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What a YAML loss name means: the function, its input kind and its settable params."""
+
+    name: str  # YAML name
+    fn: Callable[..., Tensor]
+    kind: Literal[
+        "kwise", "pair", "online", "upo"
+    ]  # online: pairs sampled in training (train.online)
+    params: dict[str, float | bool | str]  # YAML-settable parameters and their defaults
+    min_k: int = 2  # a row needs this many valid responses to count
+    # "bmc": the trainer weights token log-probs by the rewrite stage's diff masks before the
+    # loss (align/bmc.py); `delta` and `ref_weights` steer that weighting, not `fn`
+    token_weights: Literal["bmc"] | None = None
+
+
+_PLAIN: dict[str, LossSpec] = {
+    # beta 0.01: NCA README and YAML (summed log-probs). alpha 1.0: soft labels on 1-10 scores;
+    # the official code's 1e-4 gives one-hot labels (module docstring).
+    "nca": LossSpec(
+        "nca", nca_loss, "kwise", {"beta": 0.01, "alpha": 1.0, "tie_break_first": False}
+    ),
+    # Same source and defaults as nca: the paper compares the two at equal settings.
+    "infonca": LossSpec(
+        "infonca", infonca_loss, "kwise", {"beta": 0.01, "alpha": 1.0, "tie_break_first": False}
+    ),
+    # beta 0.1: TRL DPOConfig default.
+    "dpo": LossSpec("dpo", dpo_loss, "pair", {"beta": 0.1}),
+    # tau 0.1: TRL's default beta, which is IPO's tau; sums unless length_norm (spec section 2.1).
+    "ipo": LossSpec("ipo", ipo_loss, "pair", {"tau": 0.1, "length_norm": False}),
+    # beta 0.1: TRL DPOConfig default for loss_type="hinge".
+    "slic": LossSpec("slic", slic_loss, "pair", {"beta": 0.1}),
+    # beta 0.01: TRL's paper index for nca_pair (NCA paper, section C).
+    "nca_pair": LossSpec("nca_pair", nca_pair_loss, "pair", {"beta": 0.01}),
+}
+LOSSES: dict[str, LossSpec] = {
+    **_PLAIN,
+    # Online family (spec section 2.7, [secondary]): tau is the KL strength, beta the weight of
+    # the reference in the sampling mixture. tau per the IPO-MD paper's selected values.
+    "online_ipo": LossSpec("online_ipo", ipo_loss, "online", {"tau": 1.0}),
+    "ipo_md": LossSpec("ipo_md", ipo_loss, "online", {"tau": 1.0, "beta": 0.125}),
+    "nash_md_pg": LossSpec("nash_md_pg", nash_md_pg_loss, "online", {"tau": 0.008, "beta": 0.125}),
+    "online_dpo": LossSpec("online_dpo", _online_dpo, "online", {"tau": 5.0}),
+    "online_slic": LossSpec("online_slic", _online_slic, "online", {"tau": 10.0}),
+    # BMC (spec section 3): the pair loss on diff-mask-weighted log-probs of (pseudo-winner,
+    # loser). delta 2.0: the official config default; ref_weights: the official code's choice.
+    **{
+        f"{base}_bmc": LossSpec(
+            f"{base}_bmc",
+            _PLAIN[base].fn,
+            "pair",
+            {**_PLAIN[base].params, "delta": 2.0, "ref_weights": "reference"},
+            token_weights="bmc",
+        )
+        for base in ("dpo", "ipo", "nca_pair")
+    },
+    # UPO (spec section 4): `preference` names the wrapped loss, which takes the keys it shares
+    # with these; gamma, lambda, value_coef from the paper, expectile and warm-up the spec's.
+    # max_weight 0 = no clip. value_lr: the value head's own learning rate (our choice: the
+    # policy's 5e-7 would leave a freshly initialised head near zero for the whole run).
+    "upo": LossSpec(
+        "upo",
+        upo_loss,
+        "upo",
+        {
+            "preference": "dpo",
+            "beta": 0.1,
+            "alpha": 1.0,
+            "tau": 0.1,
+            "gamma": 0.5,
+            "lambda": 5.0,
+            "value_coef": 0.1,
+            "expectile": 0.7,
+            "aux_warmup_steps": 100,
+            "max_weight": 0.0,
+            "value_lr": 1.0e-4,
+        },
+    ),
+}
+UPO_PREFERENCES = ("dpo", "ipo", "slic", "nca_pair", "nca", "infonca")
+BMC_WEIGHT_PARAMS = ("delta", "ref_weights")
+
+_POSITIVE_PARAMS = ("alpha", "beta", "tau")
+
+
+def get_loss(name: str) -> LossSpec:
+    """The registry entry for a YAML loss name; an unknown name lists the valid ones."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        valid = sorted(LOSSES)
+        message = f"unknown loss {name!r}; valid: {', '.join(valid)}"
+        close = difflib.get_close_matches(str(name), valid, n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        raise ValueError(message) from None
+
+
+def check_params(name: str, params: dict[str, float | bool]) -> dict[str, float | bool]:
+    """The loss's settings: registry defaults overridden by ``params``; unknown names and
+    non-positive alpha/beta/tau raise ValueError naming the valid values."""
+    spec = get_loss(name)
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        valid = ", ".join(sorted(spec.params)) or "(none)"
+        raise ValueError(f"loss {name!r} has no parameter(s) {', '.join(unknown)}; valid: {valid}")
+    settings = {**spec.params, **params}
+    if spec.kind == "online" and "beta" in settings and not 0 <= settings["beta"] <= 1:
+        raise ValueError(
+            f"loss {name!r}: beta is the reference's weight in the sampling mixture, "
+            f"in [0, 1], got {settings['beta']}"
+        )
+    _check_choices(name, settings)
+    for key in _POSITIVE_PARAMS:
+        if spec.kind == "online" and key == "beta":
+            continue
+        if key in settings and not settings[key] > 0:
+            raise ValueError(f"loss {name!r}: {key} must be > 0, got {settings[key]}")
+    return settings
+
+
+def _check_choices(name: str, settings: dict[str, float | bool | str]) -> None:
+    """The string-valued and range-limited settings of the BMC and UPO losses."""
+    if "ref_weights" in settings and settings["ref_weights"] not in ("reference", "policy"):
+        raise ValueError(
+            f"loss {name!r}: ref_weights must be 'reference' or 'policy', "
+            f"got {settings['ref_weights']!r}"
+        )
+    if "delta" in settings and not settings["delta"] >= 1:
+        raise ValueError(f"loss {name!r}: delta must be >= 1, got {settings['delta']}")
+    if "preference" in settings and settings["preference"] not in UPO_PREFERENCES:
+        raise ValueError(
+            f"loss {name!r}: preference must be one of {', '.join(UPO_PREFERENCES)}, "
+            f"got {settings['preference']!r}"
+        )
+    if "expectile" in settings and not 0 < settings["expectile"] < 1:
+        raise ValueError(f"loss {name!r}: expectile must be in (0, 1), got {settings['expectile']}")
+    for key in ("gamma", "value_coef", "aux_warmup_steps", "max_weight"):
+        if key in settings and not settings[key] >= 0:
+            raise ValueError(f"loss {name!r}: {key} must be >= 0, got {settings[key]}")
+    if "value_lr" in settings and not settings["value_lr"] > 0:
+        raise ValueError(f"loss {name!r}: value_lr must be > 0, got {settings['value_lr']}")
+
+
+def kwise_loss(
+    name: str,
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    mask: Tensor | None = None,
+    n_tokens: Tensor | None = None,
+    **params: float | bool,
+) -> tuple[Tensor, Tensor]:
+    """Any registered loss on K-wise data; the trainer's one entry point.
+
+    policy_logps, ref_logps, rewards, mask, n_tokens: ``[B, K]`` (n_tokens: completion-token
+    counts of each sequence). ``params`` override the registry defaults. Returns
+    ``(losses [B], counts [B] bool)``; ``losses`` is 0 where ``counts`` is False, so the caller
+    reduces with ``losses.sum() / counts.sum().clamp_min(1)``.
+
+    - kwise losses run on all valid responses; a row counts if it has >= ``min_k`` of them.
+    - pair losses run on ``best_worst_pairs``; a row counts if it has a preference. Preference
+      data is K=2 with rewards such as ``[1, 0]``.
+    - ``length_norm`` (ipo): divide each sequence log-ratio by its token count first, TRL's
+      ``ipo`` convention; the scale of 1/(2 tau) depends on it.
+    """
+    spec = get_loss(name)
+    if spec.kind == "online":
+        raise ValueError(f"loss {name!r} samples its own pairs: it needs train.online: true")
+    if spec.kind == "upo":
+        raise ValueError("loss 'upo' wraps a preference loss: the trainer runs it (align/upo.py)")
+    settings = check_params(name, params)
+    # length_norm is applied here, before the pairing; every other setting goes to the loss.
+    length_norm = bool(settings.pop("length_norm", False))
+    for key in BMC_WEIGHT_PARAMS:  # already applied to the log-probs (bmc_weighted_logps)
+        settings.pop(key, None)
+    fn_params = settings
+
+    mask = torch.ones_like(policy_logps, dtype=torch.bool) if mask is None else mask.bool()
+    if spec.kind == "kwise":
+        losses = spec.fn(policy_logps, ref_logps, rewards, mask=mask, **fn_params)
+        counts = mask.sum(-1) >= spec.min_k
+        return torch.where(counts, losses, 0.0), counts
+
+    dtype = _compute_dtype(policy_logps.dtype)
+    policy = torch.where(mask, policy_logps.to(dtype), 0.0)
+    ref = torch.where(mask, ref_logps.to(dtype), 0.0)
+    if length_norm:
+        if n_tokens is None:
+            raise ValueError(
+                f"loss {name!r}: length_norm=True needs n_tokens (tokens per sequence)"
+            )
+        lengths = torch.where(mask, n_tokens, 1).clamp_min(1).to(policy.dtype)
+        policy, ref = policy / lengths, ref / lengths
+    chosen, rejected, counts = best_worst_pairs(rewards, mask)
+
+    def pick(t: Tensor, idx: Tensor) -> Tensor:
+        return t.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+
+    losses = spec.fn(
+        pick(policy, chosen),
+        pick(policy, rejected),
+        pick(ref, chosen),
+        pick(ref, rejected),
+        **fn_params,
+    )
+    return torch.where(counts, losses, 0.0), counts

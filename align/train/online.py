@@ -1,0 +1,204 @@
+"""Online alignment: every step samples a pair per prompt, labels it and updates (spec section 2).
+
+For each prompt x of a step, y and y' are drawn without gradient from `align.mixture`:
+online_ipo, online_dpo and online_slic draw both from the policy; ipo_md both from the
+geometric mixture with weight `beta` on the reference; nash_md_pg y from the policy and its
+opponent y' from the mixture. p = P(y > y') comes from `train.preference`, and
+`align.losses.online_loss` takes the policy's (with gradient) and the reference's summed
+log-probs of the pair. The step's loss is the mean over its prompts.
+
+Same run layout as the offline trainer (which this class extends for checkpoints and resume):
+the prompts of step s are `step_indices(s, ...)`, and each sampled row has its own generator
+seeded from (train.seed, s, its place in the step), so the sampler's RNG state is a function of
+the step a checkpoint stores: a run resumed from a checkpoint draws exactly the pairs an
+uninterrupted run draws.
+
+Logged per step: loss, mean p, the win rate P(y > y_ref) of the first training sample against
+one reference sample per prompt (seeded by the prompt's index, drawn the first time the prompt
+comes up and kept), a KL estimate mean(log pi(y) - log ref(y)) (unbiased when y comes from
+the policy; for ipo_md y comes from the mixture), mean log pi(y), mean response length and
+samples per second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+
+from align.config import PipelineConfig
+from align.data.records import RESERVED
+from align.generate.mixture import sample_mixture
+from align.model.loading import load_model, load_tokenizer
+from align.model.logprobs import shared_prompt_logps
+from align.model.tokenize import check_prompt_lengths, encode_prompt
+from align.rewards.preference import Preference
+from align.train.losses import online_loss
+from align.train.trainer import Trainer, trainable_policy
+
+ONLINE_LOG_KEYS = (
+    "loss",
+    "preference/mean",
+    "win_rate/vs_reference",
+    "kl",
+    "logps/policy",
+    "length/mean",
+    "samples_per_s",
+)
+
+
+def mixture_weights(loss: str, params: dict) -> tuple[float, float]:
+    """Weight of the reference in the sampling mixture of (y, y') for an online loss."""
+    beta = float(params.get("beta", 0.0))  # losses without beta sample the policy
+    return (0.0, beta) if loss == "nash_md_pg" else (beta, beta)
+
+
+class OnlineTrainer(Trainer):
+    """Online training of the policy against a frozen reference; `train()` as offline."""
+
+    log_keys = ONLINE_LOG_KEYS
+    progress = "train (online)"
+
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        policy_path: Path,
+        ref_path: Path,
+        records: list[dict],
+        out: Path,
+        stage_hash: str,
+    ):
+        self._start(cfg, out, stage_hash)
+        self.tokenizer = load_tokenizer(policy_path)
+        if self.tc.prompt_overflow == "error":
+            check_prompt_lengths(
+                self.tokenizer, records, self.tc.max_prompt_length, "data.train (online prompts)"
+            )
+        self.records = records
+        self.prompts = [
+            encode_prompt(self.tokenizer, r["prompt"], self.tc.max_prompt_length) for r in records
+        ]
+        # prompt indices: the inherited `_micro_batches` then yields index lists
+        self.examples = list(range(len(records)))
+        self.ref = load_model(ref_path, self.weights_dtype).requires_grad_(False)
+        self._optimize(
+            trainable_policy(load_model(policy_path, self.weights_dtype, self.tc.attention), cfg),
+            [],
+        )
+        self.ref.to(self.acc.device)
+        self.loss_name, self.loss_params = cfg.train.loss.name, cfg.train.loss.params()
+        self.preference = Preference(cfg.train.preference)
+        self.ref_texts: dict[int, str] = {}
+
+    # ---- sampling -----------------------------------------------------------------------
+    def _sample(self, idx: list[int], beta: float, seeds: list[int]) -> list[list[int]]:
+        """One response (token ids) per prompt index from the mixture with weight `beta`, row i
+        drawn with a generator seeded by seeds[i]."""
+        rc = self.tc.rollout
+        policy = self.acc.unwrap_model(self.model)
+        policy.eval()
+        device = self.acc.device
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        with self.acc.autocast():
+            rollout = sample_mixture(
+                policy,
+                self.ref,
+                [self.prompts[i] for i in idx],
+                beta=beta,
+                max_new_tokens=rc.max_new_tokens,
+                temperature=rc.temperature,
+                top_p=rc.top_p,
+                eos_id=self.tokenizer.eos_token_id,
+                pad_id=self.tokenizer.pad_token_id,
+                generators=generators,
+            )
+        policy.train()
+        return rollout.tokens
+
+    def _reference_texts(self, idx: list[int]) -> list[str]:
+        """A reference sample per prompt, seeded by the prompt's index and drawn the first time
+        the prompt comes up: the same text whatever the step order or a resume."""
+        new = sorted({i for i in idx if i not in self.ref_texts})
+        if new:
+            seeds = [(self.tc.seed + 1) * 7_919_993 + i for i in new]
+            self.ref_texts.update(
+                zip(new, self._decode(self._sample(new, 1.0, seeds)), strict=True)
+            )
+        return [self.ref_texts[i] for i in idx]
+
+    def _decode(self, tokens: list[list[int]]) -> list[str]:
+        return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+    # ---- one optimizer step --------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        local = self.tc.batch_size * self.tc.grad_accum
+        w_y, w_opp = mixture_weights(self.loss_name, self.loss_params)
+        sums = dict.fromkeys(ONLINE_LOG_KEYS, 0.0)
+        sample_s = tokens = n_seq = 0
+        micro_batches = self._micro_batches()
+        for m, idx in enumerate(micro_batches):
+            b = len(idx)
+            first = ((self.tc.seed * 1_000_003 + self.step) * 1_009 + m) * 2 * b
+            seeds = list(range(first, first + 2 * b))  # y rows, then y' rows
+            started = time.perf_counter()
+            if w_y == w_opp:  # both from one distribution: one batched call
+                both = self._sample(idx + idx, w_y, seeds)
+                ys, opps = both[:b], both[b:]
+            else:
+                ys, opps = self._sample(idx, w_y, seeds[:b]), self._sample(idx, w_opp, seeds[b:])
+            sample_s += time.perf_counter() - started
+            n_seq += 2 * b
+            prompts = [self.records[i]["prompt"] for i in idx]
+            columns = {
+                k: [self.records[i].get(k) for i in idx]
+                for k in self.records[idx[0]]
+                if k not in RESERVED
+            }
+            texts_y = self._decode(ys)
+            p = self.preference(prompts, texts_y, self._decode(opps), columns)
+            label = torch.tensor(p, dtype=torch.float64, device=self.acc.device)
+            groups = [(self.prompts[i], [y, o]) for i, y, o in zip(idx, ys, opps, strict=True)]
+            with torch.no_grad(), self.acc.autocast():  # as the policy's: h = 0 at step 0
+                ref = shared_prompt_logps(self.ref, groups, self.tokenizer.pad_token_id)[0]
+            ref = ref.view(-1, 2).double()
+            sync = m == len(micro_batches) - 1
+            ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
+            with ctx, self.acc.autocast():
+                policy = self._sequence_logps(groups)[0].view(-1, 2).double()
+                losses = online_loss(self.loss_name, policy, ref, label, **self.loss_params)
+                self.acc.backward(losses.sum() / local)
+            lengths = [len(y) + len(o) for y, o in zip(ys, opps, strict=True)]
+            tokens += sum(lengths) + sum(len(self.prompts[i]) for i in idx)
+            sums["loss"] += losses.detach().sum().item()
+            sums["preference/mean"] += sum(p)
+            sums["kl"] += (policy[:, 0].detach() - ref[:, 0]).sum().item()
+            sums["logps/policy"] += policy[:, 0].detach().sum().item()
+            sums["length/mean"] += sum(lengths) / 2
+            if self.tc.rollout.win_rate:
+                wins = self.preference(prompts, texts_y, self._reference_texts(idx), columns)
+                sums["win_rate/vs_reference"] += sum(wins)
+        grad_norm = self._optimizer_step()
+        row = {k: sums[k] / local for k in ONLINE_LOG_KEYS}
+        if not self.tc.rollout.win_rate:
+            row["win_rate/vs_reference"] = float("nan")
+        row["samples_per_s"] = n_seq / sample_s
+        row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens)
+        return row
+
+    # ---- the loop: Trainer's, with these hooks -------------------------------------------
+    def train(self) -> dict:
+        try:
+            return super().train()
+        finally:
+            self.preference.close()
+
+    def _postfix(self, row: dict) -> dict[str, str]:
+        return {"loss": f"{row['loss']:.4f}", "p": f"{row['preference/mean']:.3f}"}
+
+    def _run_metrics(self, rows: list[dict]) -> dict:
+        metrics: dict = {"prompts": len(self.records)}
+        if self.tc.rollout.win_rate:
+            metrics["first/win_rate/vs_reference"] = rows[0]["win_rate/vs_reference"]
+        return metrics

@@ -1,0 +1,666 @@
+"""Offline trainer over annotated K-wise records, with any loss from the registry.
+
+One optimizer step consumes `batch_size * grad_accum * world_size` prompts (each with all its
+responses) from a stream of seeded per-epoch permutations, so a step's data depends only on its
+index: resume = load the checkpoint and continue at the next index. The loss of a step is the
+sum of per-prompt losses divided by the prompts in the step (rows without a usable preference
+contribute zero). Under `accelerate launch` each process takes an equal slice of the step's
+prompts and divides its sum by its slice; DDP's mean over processes then gives the same global
+mean, and the logged figures are summed over the processes. Reference log-probs come
+precomputed from annotate.
+
+Two losses change the step (docs/bmc-upo.md):
+- BMC (`dpo_bmc`, `ipo_bmc`, `nca_pair_bmc`): per-token policy log-probs are weighted by the
+  rewrite stage's diff masks (`align.bmc.bmc_batch_logps`) before the pair loss.
+- UPO (`upo`): the wrapped preference loss plus the advantage-weighted auxiliary term and the
+  expectile loss of a value head (`align.upo`); the head is trained with its own learning rate
+  and saved in every checkpoint (`value_head.safetensors`) and beside the final model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from align.config import PipelineConfig
+from align.config.accelerate import SHARDED
+from align.core.errors import AlignError
+from align.core.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from align.data.pairing import best_worst_pairs
+from align.model.loading import load_model, load_tokenizer
+from align.model.logprobs import (
+    model_sequence_logps,
+    packed_token_logps,
+    shared_prompt_logps,
+    shared_prompt_token_logps,
+)
+from align.model.tokenize import encode_record
+from align.train.bmc import bmc_batch_logps
+from align.train.losses import get_loss, kwise_loss
+from align.train.precision import MasterWeights, weights_dtype
+from align.train.upo import ValueHead, prompt_hidden, upo_loss
+
+VALUE_HEAD = "value_head.safetensors"  # UPO: beside trainable.safetensors and the final model
+UPO_KEYS = (
+    "upo/total",
+    "upo/actor",
+    "upo/value",
+    "upo/aux_reward",
+)  # "loss" is the preference term
+LOG_KEYS = (
+    "loss",
+    "logps/chosen",
+    "logps/rejected",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margin",
+    "rewards/accuracy",
+)
+
+
+@dataclass
+class Example:
+    prompt: list[int]
+    responses: list[list[int]]
+    rewards: list[float]
+    ref_logps: list[float]
+    diff_masks: list[list[int]] | None = None  # BMC: from the rewrite stage, one per response
+    ref_token_logps: list[list[float]] | None = None  # BMC: reference log-prob of each token
+    aux_rewards: list[float] | None = None  # UPO: R = sum_i w_i r_i per response (annotate)
+
+
+def build_examples(
+    records: list[dict], tokenizer: PreTrainedTokenizerBase, cfg: PipelineConfig
+) -> list[Example]:
+    """Tokenise annotated records; checks K against the loss's minimum."""
+    spec = get_loss(cfg.train.loss.name)
+    examples = []
+    for rec in records:
+        if "ref_logps" not in rec:
+            raise AlignError(f"record {rec['id']}: no ref_logps; re-run the annotate stage")
+        if len(rec["responses"]) < spec.min_k:
+            raise AlignError(
+                f"record {rec['id']}: {len(rec['responses'])} responses but loss "
+                f"{spec.name!r} needs K >= {spec.min_k}"
+            )
+        prompt, responses = encode_record(
+            tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length
+        )
+        _check_extras(rec, spec, [len(r) for r in responses])
+        examples.append(
+            Example(
+                prompt,
+                responses,
+                rec["rewards"],
+                rec["ref_logps"],
+                rec.get("diff_masks"),
+                rec.get("ref_token_logps"),
+                rec.get("aux_rewards"),
+            )
+        )
+    if not examples:
+        raise AlignError("train: the annotated data holds no records")
+    return examples
+
+
+def _check_extras(rec: dict, spec, lengths: list[int]) -> None:
+    """BMC records need diff masks and per-token reference log-probs that cover exactly the
+    response tokens; UPO records need aux rewards."""
+    if spec.token_weights == "bmc":
+        for key in ("diff_masks", "ref_token_logps"):
+            stored = rec.get(key)
+            if stored is None or [len(x) for x in stored] != lengths:
+                raise AlignError(
+                    f"record {rec['id']}: {key} missing or not matching the response tokens "
+                    f"{lengths}; loss {spec.name!r} trains on the rewrite stage's output: "
+                    "re-run `align stage <pipeline> rewrite`"
+                )
+    if spec.kind == "upo" and rec.get("aux_rewards") is None:
+        raise AlignError(
+            f"record {rec['id']}: no aux_rewards; loss 'upo' needs train.aux_rewards computed "
+            "by annotate: re-run the annotate stage"
+        )
+
+
+def step_indices(step: int, n: int, per_step: int, seed: int) -> list[int]:
+    """Dataset indices of optimizer step `step`: a window on the stream of seeded permutations."""
+    start, out = step * per_step, []
+    while len(out) < per_step:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        out.extend(perm[offset : offset + per_step - len(out)])
+    return out
+
+
+def collate(
+    examples: list[Example],
+) -> tuple[list[tuple[list[int], list[int]]], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flatten B prompts x K responses into rows.
+
+    Returns (pairs, rewards [B, K], ref_logps [B, K], mask [B, K])."""
+    k = max(len(e.responses) for e in examples)
+    rewards = torch.zeros(len(examples), k, dtype=torch.float64)
+    ref = torch.zeros(len(examples), k, dtype=torch.float64)
+    mask = torch.zeros(len(examples), k, dtype=torch.bool)
+    pairs = []
+    for b, e in enumerate(examples):
+        for j, resp in enumerate(e.responses):
+            pairs.append((e.prompt, resp))
+            rewards[b, j], ref[b, j], mask[b, j] = e.rewards[j], e.ref_logps[j], True
+    return pairs, rewards, ref, mask
+
+
+def _scatter(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
+    out[mask] = flat
+    return out
+
+
+def trainable_policy(model: PreTrainedModel, cfg: PipelineConfig) -> PreTrainedModel:
+    """The policy in training mode, with LoRA adapters (`model.lora`) and gradient
+    checkpointing (`train.gradient_checkpointing`) when the config asks for them."""
+    if cfg.model.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lc = cfg.model.lora
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lc.r,
+                lora_alpha=lc.alpha,
+                lora_dropout=lc.dropout,
+                target_modules=lc.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    return model
+
+
+class Trainer:
+    """Offline training on annotated records. Subclasses (align/online.py) share the run
+    layout: `_start`, `_optimize`, checkpoints and resume, the loop and `finish`; they set
+    `log_keys` and `progress` and supply `train_step`, `_postfix` and `_run_metrics`."""
+
+    log_keys: tuple[str, ...] = LOG_KEYS  # per-step quantities: curves.csv and final/* metrics
+    progress = "train"  # the progress bar's label
+
+    def __init__(
+        self, cfg: PipelineConfig, model_path: Path, records: list[dict], out: Path, stage_hash: str
+    ):
+        self._start(cfg, out, stage_hash)
+        self.tokenizer = load_tokenizer(model_path)
+        self.examples = build_examples(records, self.tokenizer, cfg)
+        model = trainable_policy(load_model(model_path, self.weights_dtype, self.tc.attention), cfg)
+        self.spec = get_loss(cfg.train.loss.name)
+        self.loss_params = cfg.train.loss.params()
+        value_groups: list[dict] = []
+        if self.spec.kind == "upo":
+            self.value_head = ValueHead(model.config.hidden_size).to(model.device).train()
+            value_groups.append(
+                {
+                    "params": list(self.value_head.parameters()),
+                    "lr": float(self.loss_params["value_lr"]),
+                    "weight_decay": 0.0,
+                }
+            )
+        self._optimize(model, value_groups)
+        self.pref_name, self.pref_params = self._preference_loss()
+
+    def _start(self, cfg: PipelineConfig, out: Path, stage_hash: str) -> None:
+        """The run's settings, its `Accelerator` (bf16 autocast when `train.precision` says so)
+        and step 0."""
+        self.cfg, self.tc, self.out, self.stage_hash = cfg, cfg.train, out, stage_hash
+        self.weights_dtype = weights_dtype(self.tc.precision, cfg.model.dtype)
+        self.master: MasterWeights | None = None  # bf16_weights only: the optimizer's fp32 copy
+        self.acc = Accelerator(
+            mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
+            cpu=not torch.cuda.is_available(),
+        )
+        self.value_head: ValueHead | None = None  # UPO only; saved with every checkpoint
+        self.step = 0
+
+    def _optimize(self, model: PreTrainedModel, extra_groups: list[dict]) -> None:
+        """Steps of the run (`train.max_steps`, else `epochs` over `self.examples` at
+        batch_size x grad_accum x processes per step), fused AdamW over the model's trainable
+        parameters plus `extra_groups`, the learning-rate schedule; prepared by accelerate."""
+        self.per_step = self.tc.batch_size * self.tc.grad_accum * self.acc.num_processes
+        self.total_steps = self.tc.max_steps or math.ceil(
+            self.tc.epochs * len(self.examples) / self.per_step
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.tc.precision == "bf16_weights":
+            model.to(self.acc.device)  # the masters live beside their parameters
+            self.master = MasterWeights(
+                [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            )
+            params = self.master.masters
+        optimizer = torch.optim.AdamW(
+            [{"params": params}, *extra_groups],
+            lr=self.tc.learning_rate,
+            weight_decay=self.tc.weight_decay,
+            fused=True,  # one kernel over all tensors: 0.1x the default step's time on CPU
+        )
+        self.scheduler = get_scheduler(
+            self.tc.lr_scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(self.tc.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        if self.value_head is not None:
+            self.model, self.value_head, self.optimizer = self.acc.prepare(
+                model, self.value_head, optimizer
+            )
+        else:
+            self.model, self.optimizer = self.acc.prepare(model, optimizer)
+
+    def _preference_loss(self) -> tuple[str, dict]:
+        """The loss the trainer feeds to `kwise_loss`: the configured one, or for UPO the
+        wrapped preference loss with the UPO keys it shares (its own defaults otherwise)."""
+        if self.spec.kind != "upo":
+            return self.spec.name, self.loss_params
+        name = str(self.loss_params["preference"])
+        shared = {k: v for k, v in self.loss_params.items() if k in get_loss(name).params}
+        return name, shared
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def _ckpt_dir(self, step: int) -> Path:
+        return self.out / "checkpoints" / f"step-{step:06d}"
+
+    def _trainable_weights(self) -> dict[str, torch.Tensor]:
+        """The trainable weights, whole on the main process. Every process must call it: FSDP
+        and ZeRO-3 shard the weights, and gathering them is collective."""
+        if self.acc.distributed_type in SHARDED:  # full fine-tuning: align.config refuses LoRA
+            return {n: t.contiguous() for n, t in self.acc.get_state_dict(self.model).items()}
+        if self.master is not None:
+            return self.master.state_dict()
+        model = self.acc.unwrap_model(self.model)
+        return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self) -> None:
+        weights = self._trainable_weights()
+        if not self.acc.is_main_process:
+            return
+        with atomic_dir(self._ckpt_dir(self.step)) as tmp:
+            save_file(weights, tmp / "trainable.safetensors")
+            self._save_value_head(tmp)
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                },
+                tmp / "optimizer.pt",
+            )
+            atomic_write_json(
+                tmp / "state.json", {"step": self.step, "stage_hash": self.stage_hash}
+            )
+        kept = sorted((self.out / "checkpoints").glob("step-*"))
+        for old in kept[: -self.tc.keep_checkpoints]:
+            shutil.rmtree(old)
+
+    def _save_value_head(self, folder: Path) -> None:
+        if self.value_head is not None:
+            head = self.acc.unwrap_model(self.value_head)
+            save_file(
+                {k: v.detach().contiguous() for k, v in head.state_dict().items()},
+                folder / VALUE_HEAD,
+            )
+
+    def _checkpoint_step(self, ckpt: Path) -> int:
+        """The step of a complete checkpoint folder of this configuration; a foreign or unreadable
+        one is refused in one line (never resumed from, never silently skipped)."""
+        try:
+            state = read_json(ckpt / "state.json")
+            step, stage_hash = int(state["step"]), state["stage_hash"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise AlignError(
+                f"{ckpt}: unreadable checkpoint ({type(exc).__name__}); delete this folder to "
+                "resume from an earlier checkpoint or start over"
+            ) from None
+        if stage_hash != self.stage_hash:
+            raise AlignError(
+                f"{ckpt}: checkpoint of another configuration (stage hash {str(stage_hash)[:12]}, "
+                f"this run {self.stage_hash[:12]}); delete {ckpt.parent} to train from scratch"
+            )
+        return step
+
+    def _load_checkpoint(self, ckpt: Path) -> None:
+        model = self.acc.unwrap_model(self.model)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        try:
+            weights = load_file(ckpt / "trainable.safetensors")
+            missing = model.load_state_dict(weights, strict=False)
+            if missing.unexpected_keys or trainable - set(weights):
+                raise ValueError("its parameter names differ from this model's")
+            if self.master is not None:
+                self.master.load_state_dict(weights)
+            if self.value_head is not None:
+                self.acc.unwrap_model(self.value_head).load_state_dict(load_file(ckpt / VALUE_HEAD))
+            # weights_only: tensors and plain containers, never arbitrary pickled objects
+            state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+        except Exception as exc:  # safetensors, pickle and shape errors all mean: unusable
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise AlignError(
+                f"{ckpt}: checkpoint does not fit this model or is damaged "
+                f"({type(exc).__name__}: {first}); delete {ckpt.parent} to train from scratch"
+            ) from None
+
+    def try_resume(self) -> None:
+        """Continue from the newest complete checkpoint of this exact configuration, if any.
+
+        Checkpoint folders appear only whole (atomic rename), so the newest one is complete;
+        log lines after its step (a step that ran but was not saved, or a torn last line) are
+        dropped: the log has no gap and no duplicate."""
+        for partial in (self.out / "checkpoints").glob(".step-*"):
+            shutil.rmtree(partial, ignore_errors=True)  # half-written by a killed run
+        ckpts = sorted((self.out / "checkpoints").glob("step-*"))
+        steps = [self._checkpoint_step(c) for c in ckpts]
+        if not ckpts:
+            return
+        latest = ckpts[-1]
+        if self.acc.distributed_type in SHARDED:
+            raise AlignError(
+                f"{latest}: resuming an FSDP or DeepSpeed run is not supported (its optimizer "
+                f"state is sharded); delete {latest.parent} to train from scratch"
+            )
+        self._load_checkpoint(latest)
+        self.step = steps[-1]
+        log = self.out / "log.jsonl"
+        if log.exists():
+            kept = []
+            for line in log.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # torn by the kill
+                step = row.get("step") if isinstance(row, dict) else None
+                if isinstance(step, int) and step <= self.step:
+                    kept.append(line)
+            atomic_write_text(log, "".join(ln + "\n" for ln in kept))
+        tqdm.write(f"resuming from {latest} (step {self.step}/{self.total_steps})")
+
+    # ---- one optimizer step --------------------------------------------------------------
+    def _micro_batches(self) -> list[list[Example]]:
+        idx = step_indices(self.step, len(self.examples), self.per_step, self.tc.seed)
+        b, w, r = self.tc.batch_size, self.acc.num_processes, self.acc.process_index
+        micro = [
+            idx[m * b * w : (m + 1) * b * w][r * b : (r + 1) * b] for m in range(self.tc.grad_accum)
+        ]
+        return [[self.examples[i] for i in m] for m in micro]
+
+    @property
+    def _share_prompt(self) -> bool:
+        """Run each prompt once for all its responses (`train.share_prompt`); gradient
+        checkpointing needs the plain full-sequence forward."""
+        return self.tc.share_prompt and not self.tc.gradient_checkpointing
+
+    def _sequence_logps(
+        self, groups: list[tuple[list[int], list[list[int]]]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy log-probs [N] and token counts [N] of every response of the (prompt,
+        [responses]) groups, flattened in group order."""
+        pad = self.tokenizer.pad_token_id
+        if self._share_prompt:
+            return shared_prompt_logps(self.model, groups, pad)
+        return model_sequence_logps(self.model, [(p, r) for p, rs in groups for r in rs], pad)
+
+    def _policy_logps(
+        self, batch: list[Example], pairs: list[tuple[list[int], list[int]]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(policy log-probs [N], BMC-weighted reference log-probs [N] or None, token counts
+        [N]) of every row, flattened in example order."""
+        groups = [(e.prompt, e.responses) for e in batch]
+        if self.spec.token_weights != "bmc":
+            logps, counts = self._sequence_logps(groups)
+            return logps, None, counts
+        if self._share_prompt:
+            tok, r_mask = shared_prompt_token_logps(self.model, groups, self.tokenizer.pad_token_id)
+        else:
+            tok, r_mask = packed_token_logps(self.model, pairs, self.tokenizer.pad_token_id)
+        policy, ref = bmc_batch_logps(
+            tok,
+            r_mask,
+            [m for e in batch for m in e.diff_masks],
+            [lp for e in batch for lp in e.ref_token_logps],
+            delta=float(self.loss_params["delta"]),
+            ref_weights=self.loss_params["ref_weights"],
+        )
+        return policy, ref, r_mask.sum(-1)
+
+    def _upo_terms(
+        self,
+        batch: list[Example],
+        policy: torch.Tensor,
+        n_tok: torch.Tensor,
+        mask: torch.Tensor,
+        pref_losses: torch.Tensor,
+    ):
+        """UPO's objective for one micro-batch: `upo_loss` over every valid response, the
+        value head reading each prompt's last hidden state. policy, n_tok, mask: [B, K]."""
+        p = self.loss_params
+        hidden = prompt_hidden(self.model, [e.prompt for e in batch], self.tokenizer.pad_token_id)
+        values = self.value_head(hidden.float())  # [B]
+        aux = torch.zeros(mask.shape, dtype=torch.float64, device=policy.device)
+        for b, e in enumerate(batch):
+            aux[b, : len(e.aux_rewards)] = torch.tensor(e.aux_rewards, dtype=torch.float64)
+        return upo_loss(
+            pref_losses,
+            (policy / n_tok.clamp_min(1))[mask],
+            aux[mask],
+            values.unsqueeze(1).expand(mask.shape)[mask],
+            step=self.step,
+            gamma=float(p["gamma"]),
+            lam=float(p["lambda"]),
+            value_coef=float(p["value_coef"]),
+            expectile=float(p["expectile"]),
+            aux_warmup_steps=int(p["aux_warmup_steps"]),
+            max_weight=float(p["max_weight"]) or None,
+        ), aux[mask]
+
+    def train_step(self) -> dict[str, float]:
+        beta = float(self.pref_params.get("beta", 1.0))
+        sums = dict.fromkeys(LOG_KEYS, 0.0)
+        upo_sums = dict.fromkeys(UPO_KEYS, 0.0)
+        n_pref = tokens = 0
+        local = self.tc.batch_size * self.tc.grad_accum
+        micro_batches = self._micro_batches()
+        for m, batch in enumerate(micro_batches):
+            pairs, rewards, ref, mask = collate(batch)
+            sync = m == len(micro_batches) - 1
+            ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
+            with ctx, self.acc.autocast():
+                logps, weighted_ref, counts = self._policy_logps(batch, pairs)
+                device = logps.device
+                mask_d = mask.to(device)
+                policy = _scatter(logps.double(), mask_d)
+                n_tok = _scatter(counts.double(), mask_d)
+                if weighted_ref is not None:
+                    ref = _scatter(weighted_ref.double(), mask_d).cpu()
+                losses, _ = kwise_loss(
+                    self.pref_name,
+                    policy,
+                    ref.to(device),
+                    rewards.to(device),
+                    mask_d,
+                    n_tokens=n_tok,
+                    **self.pref_params,
+                )
+                objective = losses.sum() / local
+                if self.value_head is not None:
+                    terms, aux = self._upo_terms(batch, policy, n_tok, mask_d, losses)
+                    objective = terms.total * len(batch) / local
+                    share = len(batch) / local
+                    values = (terms.total, terms.actor, terms.value, aux.mean())
+                    for key, value in zip(UPO_KEYS, values, strict=True):
+                        upo_sums[key] += value.item() * share
+                self.acc.backward(objective)
+            tokens += sum(len(p) + len(r) for p, r in pairs)
+            sums["loss"] += losses.detach().sum().item()
+            n_pref += _add_pair_stats(sums, policy.detach().cpu(), ref, rewards, mask, beta)
+        grad_norm = self._optimizer_step()
+        world = self.acc.num_processes
+        total = self._sum_over_processes({**sums, **upo_sums, "n_pref": n_pref, "tokens": tokens})
+        row = {"loss": total["loss"] / (local * world)}
+        for key in LOG_KEYS[1:]:
+            row[key] = total[key] / total["n_pref"] if total["n_pref"] else float("nan")
+        row.update(
+            lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=int(total["tokens"])
+        )
+        if self.value_head is not None:
+            row.update(
+                {k: total[k] / world for k in UPO_KEYS},
+                **{"upo/actor_on": self.step >= self.loss_params["aux_warmup_steps"]},
+            )
+        return row
+
+    def _optimizer_step(self) -> float | None:
+        """Clip (`train.max_grad_norm`), step the optimizer and the schedule, clear the
+        gradients; returns the gradient norm before clipping (None when not clipped, or when
+        DeepSpeed clips inside its engine)."""
+        grad_norm = None
+        params = self.model.parameters()
+        if self.master is not None:
+            self.master.grads_to_masters()
+            params = self.master.masters
+        if self.tc.max_grad_norm is not None:
+            norm = self.acc.clip_grad_norm_(params, self.tc.max_grad_norm)
+            grad_norm = None if norm is None else float(norm)
+        self.optimizer.step()
+        if self.master is not None:
+            self.master.masters_to_model()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _sum_over_processes(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over the processes (one process: unchanged), so the log describes
+        the whole step rather than the main process's share of it."""
+        local = torch.tensor(list(values.values()), dtype=torch.float64, device=self.acc.device)
+        summed = self.acc.reduce(local, reduction="sum").tolist()
+        return dict(zip(values, summed, strict=True))
+
+    # ---- the loop -----------------------------------------------------------------------
+    def train(self) -> dict:
+        """Resume from the newest checkpoint if any, run the remaining steps (one log.jsonl
+        row each, checkpoints every `save_steps` and at the end), then `finish`."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.try_resume()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.progress,
+            unit="step",
+            disable=not self.acc.is_main_process,
+        )
+        log = self.out / "log.jsonl"
+        while self.step < self.total_steps:
+            t0 = time.perf_counter()
+            row = self.train_step()
+            self.step += 1
+            row = {
+                "step": self.step,
+                **row,
+                "tokens_per_s": row["tokens"] / (time.perf_counter() - t0),
+            }
+            if self.acc.is_main_process:
+                with open(log, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            bar.update(1)
+            bar.set_postfix(self._postfix(row))
+            if self.step % self.tc.save_steps == 0 or self.step == self.total_steps:
+                self.save_checkpoint()
+        bar.close()
+        return self.finish()
+
+    def _postfix(self, row: dict) -> dict[str, str]:
+        """What the progress bar shows of a step's log row."""
+        return {"loss": f"{row['loss']:.4f}", "margin": f"{row['rewards/margin']:.3f}"}
+
+    def _run_metrics(self, rows: list[dict]) -> dict:
+        """metrics.json entries besides steps, final/* and first/loss."""
+        return {"examples": len(self.examples)}
+
+    def finish(self) -> dict:
+        """Save the final model (LoRA merged), metrics.json and curves.csv."""
+        self.acc.wait_for_everyone()
+        # sharded weights are gathered by every process; LoRA is never sharded (align.config)
+        sharded = self.acc.distributed_type in SHARDED
+        weights = self.acc.get_state_dict(self.model) if sharded else None
+        rows = [json.loads(ln) for ln in (self.out / "log.jsonl").read_text().splitlines()]
+        if not self.acc.is_main_process:
+            return {}
+        model = self.acc.unwrap_model(self.model)
+        if self.master is not None:  # save the fp32 masters, not their bf16 rounding
+            model.float()
+            self.master.masters_to_model()
+        if self.cfg.model.lora is not None:
+            model = model.merge_and_unload()
+        with atomic_dir(self.out / "model") as tmp:
+            model.save_pretrained(tmp, state_dict=weights)
+            self.tokenizer.save_pretrained(tmp)
+            self._save_value_head(tmp)
+        keys = ["step", *self.log_keys, "lr"]
+        csv = (
+            ",".join(keys)
+            + "\n"
+            + "".join(",".join(str(r.get(k)) for k in keys) + "\n" for r in rows)
+        )
+        atomic_write_text(self.out / "curves.csv", csv)
+        tail = rows[-max(1, len(rows) // 10) :]
+        metrics = {
+            "steps": self.step,
+            **{f"final/{k}": _nanmean([r[k] for r in tail]) for k in self.log_keys},
+            "first/loss": rows[0]["loss"],
+            "tokens_per_s": _nanmean([r["tokens_per_s"] for r in rows]),
+            **self._run_metrics(rows),
+        }
+        atomic_write_json(self.out / "metrics.json", metrics)
+        return metrics
+
+
+def _add_pair_stats(
+    sums: dict[str, float],
+    policy: torch.Tensor,
+    ref: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+) -> int:
+    """Add the logging sums of the rows that have a preference (chosen = highest reward,
+    rejected = lowest, as `best_worst_pairs` pairs them); returns how many rows counted."""
+    best, worst, has = best_worst_pairs(rewards, mask)
+    if not has.any():
+        return 0
+    rows = torch.arange(len(rewards))[has]
+    best, worst = best[has], worst[has]
+    implicit = beta * (policy - ref)
+    rc, rr = implicit[rows, best], implicit[rows, worst]
+    sums["logps/chosen"] += policy[rows, best].sum().item()
+    sums["logps/rejected"] += policy[rows, worst].sum().item()
+    sums["rewards/chosen"] += rc.sum().item()
+    sums["rewards/rejected"] += rr.sum().item()
+    sums["rewards/margin"] += (rc - rr).sum().item()
+    sums["rewards/accuracy"] += (rc > rr).double().sum().item()
+    return len(rows)
+
+
+def _nanmean(values: list[float]) -> float | None:
+    good = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(good) / len(good) if good else None
