@@ -1,4 +1,4 @@
-"""MT-Bench files in FastChat's `llm_judge` layout (ALGORITHMS.md §6.1).
+"""MT-Bench files in FastChat's `llm_judge` layout.
 
 - questions: one JSON object a line, `{question_id, category, turns: [str, ...][, reference]}`;
 - answers (model and reference): `{question_id, answer_id, model_id, choices: [{index, turns}],

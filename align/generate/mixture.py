@@ -1,4 +1,5 @@
-"""Sampling from the token-level geometric mixture of the policy and the reference (spec §2.4).
+"""Sampling from the token-level geometric mixture of the policy and the reference
+(the Nash-MD mixture policy of Munos et al., arXiv 2312.00886).
 
 At every decoding step the next-token distribution is
 

@@ -1,4 +1,4 @@
-"""AlpacaEval 2 (ALGORITHMS.md §6.2): model outputs, pairwise annotation against reference
+"""AlpacaEval 2: model outputs, pairwise annotation against reference
 outputs, win rate and the length-controlled win rate.
 
 - Files: JSON lists of dicts with at least `instruction` (and `output` for outputs); `generator`

@@ -1,4 +1,4 @@
-"""Length-controlled AlpacaEval win rate (ALGORITHMS.md §6.2, AlpacaEval's `length_controlled_v1`).
+"""Length-controlled AlpacaEval win rate (AlpacaEval's `length_controlled_v1`).
 
 GLM, fit per evaluated model on its soft preferences q_x = pref_x - 1 in [0, 1]:
 

@@ -1,4 +1,4 @@
-"""MT-Bench (FastChat `llm_judge`, ALGORITHMS.md §6.1): answer generation, single-answer grading
+"""MT-Bench (FastChat `llm_judge`): answer generation, single-answer grading
 and pairwise comparison against a baseline.
 
 - Answers: turn k sees the user's turns 1..k and the model's own answers 1..k-1; temperature by

@@ -45,6 +45,24 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def checked_numbers(
+    values: list,
+    labels: list[str],
+    where: str,
+    count_error: str,
+    valid: Callable[[float], bool],
+    rule: str,
+) -> list[float]:
+    """What a user's function returned, as floats: one per label (else `count_error`), each a
+    real number (not a bool) for which `valid` holds (else "where: label got value; rule")."""
+    if len(values) != len(labels):
+        raise AlignError(count_error)
+    for label, value in zip(labels, values, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not valid(value):
+            raise AlignError(f"{where}: {label} got {value!r}; {rule}")
+    return [float(v) for v in values]
+
+
 def load_function(spec: str) -> RewardFn:
     module_name, _, attr = spec.partition(":")
     fn = getattr(_import(module_name), attr, None)
@@ -149,15 +167,12 @@ class Scorer:
                 f"{where} raised {type(exc).__name__}: {_first_line(exc)}; fix the reward "
                 f"function (it got {len(completions)} completions)"
             ) from None
-        if len(scores) != len(completions):
-            raise AlignError(
-                f"{where}: returned {len(scores)} scores for {len(completions)} completions; "
-                "it must return one float per completion, in order"
-            )
-        for i, s in enumerate(scores):
-            if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s):
-                label = labels[i] if labels else f"completion {i}"
-                raise AlignError(
-                    f"{where}: {label} got {s!r}; rewards must be finite numbers, fix the reward"
-                )
-        return [float(s) for s in scores]
+        return checked_numbers(
+            scores,
+            labels or [f"completion {i}" for i in range(len(completions))],
+            where,
+            f"{where}: returned {len(scores)} scores for {len(completions)} completions; "
+            "it must return one float per completion, in order",
+            math.isfinite,
+            "rewards must be finite numbers, fix the reward",
+        )

@@ -4,7 +4,7 @@ Each function maps completions to scores in [0, 1] (`fn(completions, model) -> l
 `model` is only used by `safety`). The YAML combines them with weights
 (`train.aux_rewards: [{fn: readability, weight: 0.05}, {fn: safety, weight: 0.95, model: ...}]`)
 and annotate stores `R = sum_i w_i r_i` per response as the record's `aux_rewards: [K]`.
-Badrinath et al., arXiv 2405.17956, section on auxiliary objectives (spec section 4.3).
+Badrinath et al., arXiv 2405.17956, section on auxiliary objectives.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ def _classifier(source: str):
 def safety(completions: list[str], model: str | None = None, batch_size: int = 16) -> list[float]:
     """``1 - max_i p_i`` with ``p_i = sigmoid(logit_i)`` of a multi-label toxicity classifier
     (a local HF sequence-classification folder or built-in name in `model`); the response text
-    alone is classified. The paper prints ``max_i (1 - p_i)``; the spec reads it as one minus
-    the worst category, which is what this computes."""
+    alone is classified. The paper prints ``max_i (1 - p_i)``; we read it as one minus the
+    worst category, which is what this computes."""
     if model is None:
         raise AlignError("train.aux_rewards: fn 'safety' needs 'model' (a classifier folder)")
     tokenizer, clf = _classifier(model)

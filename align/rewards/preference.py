@@ -3,7 +3,7 @@
 - `reward`: the Bradley-Terry surrogate ``p = sigmoid(scale * (r(x, y) - r(x, y')))`` from any
   reward the annotate stage accepts (a function, a reward model, a judge's rating). A scalar
   reward cannot express intransitive preferences (A > B > C > A), so with it Nash-MD's
-  game-theoretic target collapses to reward maximisation with a KL penalty (spec 2.10).
+  game-theoretic target collapses to reward maximisation with a KL penalty.
 - `judge`: a pairwise LLM judge; each pair is asked in both orders and the two answers are
   averaged to remove position bias; a pair that fails in both orders counts as a tie.
 - `function`: ``fn(prompts, a, b, **columns) -> list[float]``, one probability per pair.
@@ -17,7 +17,7 @@ import torch
 
 from align.config import PreferenceConfig, RewardConfig
 from align.core.errors import AlignError
-from align.rewards import Scorer, load_function, reward_fingerprint
+from align.rewards import Scorer, checked_numbers, load_function, reward_fingerprint
 
 
 def preference_fingerprint(cfg: PreferenceConfig) -> str:
@@ -74,17 +74,15 @@ class Preference:
             raise AlignError(
                 f"{where} raised {type(exc).__name__}: {str(exc).strip()[:160]}; fix the function"
             ) from None
-        if len(probs) != len(a):
-            raise AlignError(
-                f"{where}: returned {len(probs)} values for {len(a)} pairs; return one "
-                "probability P(a > b) per pair, in order"
-            )
-        for i, p in enumerate(probs):
-            if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
-                raise AlignError(
-                    f"{where}: pair {i} got {p!r}; return probabilities in [0, 1] (0.5 = tie)"
-                )
-        return [float(p) for p in probs]
+        return checked_numbers(
+            probs,
+            [f"pair {i}" for i in range(len(a))],
+            where,
+            f"{where}: returned {len(probs)} values for {len(a)} pairs; return one "
+            "probability P(a > b) per pair, in order",
+            lambda p: 0 <= p <= 1,
+            "return probabilities in [0, 1] (0.5 = tie)",
+        )
 
     def close(self) -> None:
         if self.judge is not None:

@@ -1,6 +1,6 @@
 """BMC's bridging stage: an LLM repairs each loser with minimal edits, guided by the winner.
 
-Jiang et al., arXiv 2408.07471, section 3.1 of the spec. For every annotated record with a
+Jiang et al., arXiv 2408.07471, section 3.1. For every annotated record with a
 preference (best vs worst reward, `best_worst_pairs`; records whose rewards are all equal are
 skipped), the rewriter sees the instruction, the winner (as a reference only) and the loser,
 and returns the loser with only its wrong or weaker spans changed. The pair becomes
