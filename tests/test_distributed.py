@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from align.config import load_pipeline
 from align.core.errors import AlignError
-from align.core.runtime import installed
+from align.core.packages import installed
 from align.data.records import shard_path, write_shard
 from align.model.loading import resolve_model
 from align.pipeline import stage_folder

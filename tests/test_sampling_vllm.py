@@ -13,7 +13,7 @@ import pytest
 
 from align.config import load_pipeline
 from align.core.errors import AlignError
-from align.core.runtime import installed
+from align.core.packages import installed
 from align.generate.vllm_engine import VLLMSampler
 from align.model.loading import load_tokenizer, resolve_model
 from tests.conftest import REPO

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from align.core.runtime import installed
+from align.core.packages import installed
 
 SHARDED = ("FSDP", "DEEPSPEED")  # strategies that split the weights over the processes
 

@@ -13,7 +13,7 @@ from align.config.judge import (
     BackendConfig,
 )
 from align.config.rewards import RewardConfig
-from align.core.runtime import installed
+from align.core.packages import installed
 
 
 class SampleConfig(Strict):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.util
 import os
 
 import torch
@@ -45,9 +44,3 @@ def prepare_process() -> None:
     """What `run_stage` runs before every stage: `set_threads` and `keep_freed_memory`."""
     set_threads()
     keep_freed_memory()
-
-
-def installed(package: str) -> bool:
-    """Whether `package` can be imported here, without importing it (vLLM and DeepSpeed take
-    seconds to import and exist only on GPU machines)."""
-    return importlib.util.find_spec(package) is not None
