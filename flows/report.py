@@ -121,7 +121,11 @@ def lineage(facts: RunFacts, upto: str | None = None) -> list[tuple[str, str]]:
             else None,
         ),
         ("reward", m.get("annotate", {}).get("inputs", {}).get("reward")),
-        ("code version (align/)", next(reversed(m.values()), {}).get("code_version")),
+        (  # each stage hashes only the code it runs (align/pipeline/code.py)
+            "code versions",
+            ", ".join(f"{k} {v['code_version']}" for k, v in m.items() if "code_version" in v)
+            or None,
+        ),
     ]
     rows += [(f"stage {name}", man.get("stage_hash")) for name, man in m.items()]
     return [(k, str(v)) for k, v in rows if v is not None]

@@ -2,7 +2,9 @@
 outputs, its content hash, and whether its output is current.
 
 A stage's hash covers its config sections, its inputs (upstream stage hashes, data files,
-model and reward fingerprints) and the code version. The hash is Prefect's cache key; DVC's
+model and reward fingerprints) and its own code version (align/pipeline/code.py: the source the
+stage runs, so an edit re-runs only the stages whose code it touches, and through the upstream
+hashes everything downstream of them). The hash is Prefect's cache key; DVC's
 `dvc.lock` records the same deps and outs. A stage folder is complete only once its
 `manifest.json` (written last, atomically) carries the current hash.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +23,12 @@ from align.core.io import (
     sha256_file,
     sha256_text,
 )
+from align.pipeline.code import stage_code_version
 
 MANIFEST = "manifest.json"
 
 
 MARKER = ".stage_hash"  # written when a stage starts: partial output of another config is wiped
-
-
-PACKAGE_ROOT = Path(__file__).resolve().parent
-
-
-@cache
-def code_version() -> str:
-    """Hash of the library's source: any change to align/ re-runs every stage."""
-    return sha256_text(
-        "".join(
-            f"{p.relative_to(PACKAGE_ROOT)}\n{p.read_text()}"
-            for p in sorted(PACKAGE_ROOT.rglob("*.py"))
-        )
-    )[:16]
 
 
 def data_fingerprint(ds: DatasetConfig | None) -> str | None:
@@ -299,7 +287,12 @@ def plan(cfg: PipelineConfig) -> list[StagePlan]:
         config = {key: _section_value(cfg, key) for key in sd.sections}
         stage_hash = sha256_text(
             canonical_json(
-                {"stage": name, "config": config, "inputs": inputs, "code": code_version()}
+                {
+                    "stage": name,
+                    "config": config,
+                    "inputs": inputs,
+                    "code": stage_code_version(name),
+                }
             )
         )
         hashes[name] = stage_hash

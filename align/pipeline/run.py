@@ -25,13 +25,13 @@ from align.core.io import (
     sha256_text,
 )
 from align.core.runtime import prepare_process
+from align.pipeline.code import stage_code_version
 from align.pipeline.graph import (
     MANIFEST,
     MARKER,
     STAGES,
     _section_value,
     active_stages,
-    code_version,
     plan,
     stage_folder,
 )
@@ -110,7 +110,7 @@ def _run_unlocked(cfg: PipelineConfig, name: str, force: bool) -> tuple[dict, bo
             canonical_json({k: _section_value(cfg, k) for k in STAGES[name].sections})
         ),
         "inputs": p.inputs,
-        "code_version": code_version(),
+        "code_version": stage_code_version(name),
         "summary": summary,
         "requires": [str(r) for r in requires],
         "seconds": round(time.time() - started, 2),
