@@ -20,9 +20,11 @@ import torch
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, KEEP_BYTES = -1, -3, 1 << 30
 
 
-def set_threads() -> None:
-    """Use every core the process may run on (torch defaults can undercount in containers)."""
-    n = len(os.sched_getaffinity(0))
+def set_threads(n: int | None = None) -> None:
+    """Use `n` threads for torch's operators in the calling thread, default every core the
+    process may run on (torch defaults can undercount in containers). Each thread that runs a
+    stage sets its own: two stages side by side in one process take a share each."""
+    n = n or len(os.sched_getaffinity(0))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
@@ -40,7 +42,7 @@ def keep_freed_memory() -> bool:
     return all(mallopt(p, KEEP_BYTES) == 1 for p in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD))
 
 
-def prepare_process() -> None:
+def prepare_process(threads: int | None = None) -> None:
     """What `run_stage` runs before every stage: `set_threads` and `keep_freed_memory`."""
-    set_threads()
+    set_threads(threads)
     keep_freed_memory()

@@ -43,11 +43,14 @@ def stage_lock_path(cfg: PipelineConfig, name: str) -> Path:
     return Path(cfg.runs_dir) / cfg.name / f".{name}.lock"
 
 
-def run_stage(cfg: PipelineConfig, name: str, force: bool = False) -> tuple[dict, bool]:
+def run_stage(
+    cfg: PipelineConfig, name: str, force: bool = False, threads: int | None = None
+) -> tuple[dict, bool]:
     """Run one stage unless its output is current. Returns (manifest, ran).
 
     Holds the stage's lock throughout: a concurrent run of the same stage waits for this one,
-    then sees the manifest and does nothing."""
+    then sees the manifest and does nothing. `threads`: torch threads for this stage (default
+    all cores); the flow passes a share when stages run side by side in one process."""
     active = active_stages(cfg)
     if name not in active:
         hint = difflib.get_close_matches(name, active, n=1)
@@ -58,7 +61,7 @@ def run_stage(cfg: PipelineConfig, name: str, force: bool = False) -> tuple[dict
         )
     try:
         with exclusive_lock(stage_lock_path(cfg, name), f"stage {name!r} of pipeline {cfg.name}"):
-            return _run_unlocked(cfg, name, force)
+            return _run_unlocked(cfg, name, force, threads)
     except OSError as exc:
         _close_progress_bars()
         err = disk_error(exc, exc.filename or stage_folder(cfg, name))
@@ -79,7 +82,9 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-def _run_unlocked(cfg: PipelineConfig, name: str, force: bool) -> tuple[dict, bool]:
+def _run_unlocked(
+    cfg: PipelineConfig, name: str, force: bool, threads: int | None
+) -> tuple[dict, bool]:
     plans = {p.name: p for p in plan(cfg)}
     p = plans[name]
     if p.cached and not force:
@@ -99,7 +104,7 @@ def _run_unlocked(cfg: PipelineConfig, name: str, force: bool) -> tuple[dict, bo
     upstream = {
         u: read_json(plans[u].folder / MANIFEST) for u in STAGES[name].upstream if u in plans
     }
-    prepare_process()  # all cores, a heap that keeps freed blocks (align/runtime.py)
+    prepare_process(threads)  # torch threads, a heap that keeps freed blocks (core/runtime.py)
     started = time.time()
     summary, requires = RUNNERS[name](cfg, p.folder, upstream, p.stage_hash)
     manifest = {
