@@ -1,7 +1,9 @@
 """The one task factory every stage file uses: a Prefect task around `align.pipeline.run_stage`.
 
 Cache policy: TASK_SOURCE + INPUTS, where the inputs include the stage's content hash, so a
-stage whose config, inputs and code are unchanged is a cache hit across flow runs. Bad input
+stage whose config, inputs and code are unchanged is a cache hit across flow runs. `threads` (how
+many torch threads the stage may use beside the stages running with it) is left out of the key:
+it changes how fast a stage runs, never what it writes. Bad input
 (`AlignError`) is never retried; other failures are retried where the stage allows it.
 """
 
@@ -32,15 +34,21 @@ def stage_task(
     @task(
         name=stage,
         task_run_name=stage,
-        cache_policy=TASK_SOURCE + INPUTS,
+        cache_policy=TASK_SOURCE + (INPUTS - "threads"),
         persist_result=True,
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
         retry_condition_fn=_retry_unless_bad_input,
     )
-    def run(pipeline: str, overrides: list[str], smoke: bool, stage_hash: str) -> dict:
+    def run(
+        pipeline: str,
+        overrides: list[str],
+        smoke: bool,
+        stage_hash: str,
+        threads: int | None = None,
+    ) -> dict:
         cfg = load_pipeline(pipeline, overrides, smoke)
-        manifest, ran = run_stage(cfg, stage)
+        manifest, ran = run_stage(cfg, stage, threads=threads)
         if manifest["stage_hash"] != stage_hash:
             raise RuntimeError(f"{stage}: the pipeline changed while the flow ran; run it again")
         logger = get_run_logger()
