@@ -16,16 +16,18 @@ import time
 
 import torch
 
-from align.train.losses import LOSSES, kwise_loss
+from align.config.losses import LOSS_MODELS, loss_config
+from align.train.losses import kwise_loss
 
 
 def time_once(
     name: str, policy: torch.Tensor, ref: torch.Tensor, rewards: torch.Tensor
 ) -> tuple[float, bool]:
     """Seconds of one forward + backward, and whether the loss and its gradient are finite."""
-    p = policy.clone().requires_grad_(True)
+    params, p = loss_config(name), policy.clone().requires_grad_(True)
     start = time.perf_counter()
-    losses, counts = kwise_loss(name, p, ref, rewards, n_tokens=torch.full_like(p, 20.0))
+    out = kwise_loss(params, p, ref, rewards, n_tokens=torch.full_like(p, 20.0))
+    losses, counts = out.losses, out.counts
     (losses.sum() / counts.sum().clamp_min(1)).backward()
     seconds = time.perf_counter() - start
     return seconds, bool(torch.isfinite(losses).all() and torch.isfinite(p.grad).all())
@@ -41,7 +43,7 @@ def main() -> int:
     policy = -50 + 5 * torch.randn(args.batch, args.k)
     ref = policy + torch.randn(args.batch, args.k)
     rewards = torch.randint(1, 11, (args.batch, args.k)).float()
-    offline = [name for name, spec in LOSSES.items() if spec.kind in ("kwise", "pair")]
+    offline = [name for name, model in LOSS_MODELS.items() if model.kind in ("kwise", "pair")]
     times: dict[str, list[float]] = {name: [] for name in offline}
     finite = dict.fromkeys(offline, True)
     for _ in range(args.repeats):  # round robin: load changes hit every loss alike

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from align.config import PipelineConfig, load_pipeline, parse_override, validate_dict
+from align.config.losses import LOSS_MODELS, loss_parameters
 from align.core.errors import AlignError
-from align.train.losses import LOSSES
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -104,26 +104,86 @@ def test_unknown_top_level_key_without_a_close_match(make_pipeline: MakePipeline
 def test_unknown_loss_lists_valid_names_and_suggests(make_pipeline: MakePipeline) -> None:
     path = make_pipeline(lambda d: d["train"]["loss"].update(name="ncaa"))
     message = error_of(path)
-    assert message.startswith(f"{path}: train.loss: unknown loss 'ncaa'; valid: ")
-    assert message.endswith("(did you mean 'nca'?)")
-    listed = message.split("valid: ")[1].split(" (")[0].split(", ")
-    assert listed == sorted(LOSSES)
+    assert message.startswith(
+        f"{path}: train.loss.name: unknown loss 'ncaa' (did you mean 'nca'?); valid: "
+    )
+    listed = message.split("valid: ")[1].split(", ")
+    assert listed == sorted(LOSS_MODELS)
     assert {"nca", "infonca", "dpo", "ipo"} <= set(listed)
 
 
 def test_unknown_loss_parameter_names_the_valid_ones(make_pipeline: MakePipeline) -> None:
     path = make_pipeline(lambda d: d["train"]["loss"].update(betta=0.2))
     assert error_of(path) == (
-        f"{path}: train.loss: unknown parameter 'betta' for loss 'nca' (did you mean 'beta'?); "
-        "valid: beta, alpha, tie_break_first"
+        f"{path}: train.loss.betta: unknown key (did you mean 'train.loss.beta'?); "
+        "valid keys here: name, beta, alpha, tie_break_first"
     )
 
 
 def test_loss_parameter_of_another_loss_is_rejected(make_pipeline: MakePipeline) -> None:
     path = make_pipeline(lambda d: d["train"].update(loss={"name": "dpo", "alpha": 1.0}))
-    assert error_of(path) == (
-        f"{path}: train.loss: unknown parameter 'alpha' for loss 'dpo'; valid: beta"
-    )
+    assert error_of(path) == f"{path}: train.loss.alpha: unknown key; valid keys here: name, beta"
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        (
+            {"name": "ipo_md", "beta": 2},
+            "train.loss.beta: must be in [0, 1] (the reference's weight in the sampling mixture), "
+            "got 2.0",
+        ),
+        (
+            {"name": "upo", "preference": "kto"},
+            "train.loss.preference: 'kto' is not one of "
+            "'dpo', 'ipo', 'slic', 'nca_pair', 'nca' or 'infonca'",
+        ),
+        ({"name": "upo", "expectile": 1.0}, "train.loss.expectile: Input should be less than 1"),
+        (
+            {"name": "dpo_bmc", "delta": 0.5},
+            "train.loss.delta: Input should be greater than or equal to 1",
+        ),
+        (
+            {"name": "dpo_bmc", "ref_weights": "both"},
+            "train.loss.ref_weights: 'both' is not one of 'reference' or 'policy'",
+        ),
+        (
+            {"name": "upo", "lamda": 1.0},
+            "train.loss.lamda: unknown key (did you mean 'train.loss.lambda'?); valid keys here: "
+            "name, preference, beta, alpha, tau, gamma, lambda, value_coef, expectile, "
+            "aux_warmup_steps, max_weight, value_lr",
+        ),
+    ],
+)
+def test_loss_parameter_errors_name_the_key(
+    make_pipeline: MakePipeline, loss: dict, message: str
+) -> None:
+    path = make_pipeline(lambda d: d["train"].update(loss=loss))
+    assert error_of(path) == f"{path}: {message}"
+
+
+def test_loss_given_as_a_name_only(make_pipeline: MakePipeline) -> None:
+    path = make_pipeline(lambda d: d["train"].update(loss="nca"))
+    assert error_of(path).startswith(f"{path}: train.loss: Input should be a valid dictionary")
+
+
+def test_upo_lambda_is_read_and_written_under_its_yaml_key(make_pipeline: MakePipeline) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        d["train"]["loss"] = {"name": "upo", "lambda": 2.5}
+        d["train"]["aux_rewards"] = [{"fn": "brevity"}]
+
+    cfg = load_pipeline(make_pipeline(edit))
+    assert cfg.train.loss.lambda_ == 2.5
+    assert cfg.train.loss.params()["lambda"] == 2.5
+    assert cfg.train.model_dump(mode="json")["loss"]["lambda"] == 2.5
+
+
+def test_loss_parameters_list_keys_defaults_and_reasons() -> None:
+    rows = loss_parameters("dpo")
+    assert rows == [("beta", 0.1, "TRL DPOConfig default")]
+    keys = [key for key, _, _ in loss_parameters("upo")]
+    assert "lambda" in keys and "name" not in keys
+    assert all(reason for name in LOSS_MODELS for _, _, reason in loss_parameters(name))
 
 
 def test_string_for_learning_rate(make_pipeline: MakePipeline) -> None:
@@ -135,12 +195,14 @@ def test_string_for_learning_rate(make_pipeline: MakePipeline) -> None:
 
 def test_bool_for_beta(make_pipeline: MakePipeline) -> None:
     path = make_pipeline(lambda d: d["train"]["loss"].update(beta=True))
-    assert error_of(path) == f"{path}: train.loss: beta: must be a number, got True"
+    assert error_of(path) == f"{path}: train.loss.beta: Input should be a valid number; got True"
 
 
 def test_number_for_a_bool_loss_parameter(make_pipeline: MakePipeline) -> None:
     path = make_pipeline(lambda d: d["train"]["loss"].update(tie_break_first=1))
-    assert error_of(path) == f"{path}: train.loss: tie_break_first: must be true or false, got 1"
+    assert error_of(path) == (
+        f"{path}: train.loss.tie_break_first: Input should be a valid boolean; got 1"
+    )
 
 
 @pytest.mark.parametrize(
@@ -280,9 +342,7 @@ def test_reward_needs_exactly_one_source(make_pipeline: MakePipeline) -> None:
 
 def test_non_positive_beta_is_rejected_at_validation(make_pipeline: MakePipeline) -> None:
     path = make_pipeline(lambda d: d["train"]["loss"].update(beta=-1))
-    message = error_of(path)
-    assert message.startswith(f"{path}: train.loss")
-    assert "beta" in message and "must be > 0" in message
+    assert error_of(path) == f"{path}: train.loss.beta: Input should be greater than 0"
 
 
 @pytest.mark.parametrize(
@@ -375,7 +435,7 @@ def test_later_override_wins(make_pipeline: MakePipeline) -> None:
 
 def test_overrides_are_validated(make_pipeline: MakePipeline) -> None:
     path = make_pipeline()
-    assert error_of(path, ["train.loss.name=ncaa"]).endswith("(did you mean 'nca'?)")
+    assert "unknown loss 'ncaa' (did you mean 'nca'?)" in error_of(path, ["train.loss.name=ncaa"])
     assert error_of(path, ["train.los.beta=0.2"]).startswith(
         f"{path}: train.los: unknown key (did you mean 'train.loss'?)"
     )

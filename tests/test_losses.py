@@ -1,4 +1,5 @@
-"""align.losses: hand-computed values, the identities of ALGORITHMS.md section 1, the registry.
+"""align.train.losses: hand-computed values, the identities between the losses (K=2 limits,
+soft labels), the registry and the entry point with its logged rewards.
 
 Notation in comments: s = policy - ref, z = beta * s, h = s_chosen - s_rejected,
 sigma(ln 3) = 3/4, sigma(-ln 3) = 1/4, sigma(0) = 1/2.
@@ -12,11 +13,11 @@ import math
 import pytest
 import torch
 
+from align.config.losses import LOSS_MODELS, loss_config
 from align.data.pairing import best_worst_pairs
 from align.train.losses import (
     LOSSES,
     dpo_loss,
-    get_loss,
     infonca_loss,
     ipo_loss,
     kwise_loss,
@@ -349,47 +350,42 @@ def test_tie_break_reaches_the_losses() -> None:
 def test_registry_names_and_kinds() -> None:
     offline = {"nca", "infonca", "dpo", "ipo", "slic", "nca_pair"}
     online = {"online_ipo", "ipo_md", "nash_md_pg", "online_dpo", "online_slic"}
-    bmc = {"dpo_bmc", "ipo_bmc", "nca_pair_bmc"}  # token-weighted pair losses (issue 5)
-    assert set(LOSSES) == offline | online | bmc | {"upo"}
-    assert {n for n, s in LOSSES.items() if s.token_weights == "bmc"} == bmc
-    assert {n for n, s in LOSSES.items() if s.kind == "kwise"} == {"nca", "infonca"}
-    assert {n for n, s in LOSSES.items() if s.kind == "online"} == online
-    for name, spec in LOSSES.items():
-        if spec.kind == "upo":  # the trainer runs it around its preference loss
+    bmc = {"dpo_bmc", "ipo_bmc", "nca_pair_bmc"}  # token-weighted pair losses
+    assert set(LOSSES) == set(LOSS_MODELS) == offline | online | bmc | {"upo"}
+    assert {n for n, m in LOSS_MODELS.items() if m.token_weights == "bmc"} == bmc
+    assert {n for n, m in LOSS_MODELS.items() if m.kind == "kwise"} == {"nca", "infonca"}
+    assert {n for n, m in LOSS_MODELS.items() if m.kind == "online"} == online
+    for name, model in LOSS_MODELS.items():
+        assert loss_config(name).name == name and model.min_k == 2
+        if model.kind == "upo":  # the trainer runs it around its preference loss
             continue
-        assert spec.name == name and get_loss(name) is spec and spec.min_k == 2
         # every YAML param reaches the function (length_norm is handled by kwise_loss, the
         # online mixture weight beta by the sampler)
-        accepted = set(inspect.signature(spec.fn).parameters)
-        handled = {"length_norm", "delta", "ref_weights"}  # the trainer applies BMC weights
-        handled |= {"beta"} if spec.kind == "online" else set()
-        assert set(spec.params) - handled <= accepted, name
-    assert LOSSES["nca"].params == {"beta": 0.01, "alpha": 1.0, "tie_break_first": False}
-    assert LOSSES["dpo"].params == {"beta": 0.1}
-    assert LOSSES["ipo"].params == {"tau": 0.1, "length_norm": False}
+        accepted = set(inspect.signature(LOSSES[name]).parameters)
+        handled = {"name", "length_norm", "delta", "ref_weights"}  # the trainer applies BMC
+        handled |= {"beta"} if model.kind == "online" else set()
+        assert set(model.model_fields) - handled <= accepted, name
+    assert loss_config("nca").params() == {"beta": 0.01, "alpha": 1.0, "tie_break_first": False}
+    assert loss_config("dpo").params() == {"beta": 0.1}
+    assert loss_config("ipo").params() == {"tau": 0.1, "length_norm": False}
 
 
-def test_unknown_loss_lists_valid_names_and_suggests() -> None:
-    with pytest.raises(ValueError) as err:
-        get_loss("ncaa")
-    assert str(err.value) == (
-        "unknown loss 'ncaa'; valid: dpo, dpo_bmc, infonca, ipo, ipo_bmc, ipo_md, nash_md_pg, "
-        "nca, nca_pair, nca_pair_bmc, online_dpo, online_ipo, online_slic, slic, upo "
-        "(did you mean 'nca'?)"
-    )
-    with pytest.raises(ValueError) as err:
-        get_loss("zzzzzz")
-    assert "did you mean" not in str(err.value) and "valid: dpo, dpo_bmc, infonca" in str(err.value)
+def test_upo_wraps_its_preference_loss_with_the_shared_keys() -> None:
+    # UPO's beta (0.1) replaces nca_pair's own default (0.01); nca keeps its tie_break_first
+    upo = loss_config("upo", preference="nca_pair")
+    assert upo.preference_params() == loss_config("nca_pair", beta=0.1)
+    upo = loss_config("upo", preference="nca", alpha=0.5, **{"lambda": 2.0})
+    assert upo.lambda_ == 2.0 and upo.params()["lambda"] == 2.0
+    assert upo.preference_params() == loss_config("nca", beta=0.1, alpha=0.5)
+    assert loss_config("upo", preference="ipo", tau=0.3).preference_params().tau == 0.3
 
 
-def test_kwise_loss_rejects_unknown_and_bad_params() -> None:
+def test_kwise_loss_length_norm_needs_token_counts() -> None:
     x = torch.zeros(1, 2)
-    with pytest.raises(ValueError, match=r"'dpo' has no parameter\(s\) alpha; valid: beta"):
-        kwise_loss("dpo", x, x, x, alpha=1.0)
-    with pytest.raises(ValueError, match="beta must be > 0"):
-        kwise_loss("nca", x, x, x, beta=0.0)
     with pytest.raises(ValueError, match="length_norm=True needs n_tokens"):
-        kwise_loss("ipo", x, x, T([[1.0, 0.0]]), length_norm=True)
+        kwise_loss(loss_config("ipo", length_norm=True), x, x, T([[1.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"needs train\.online: true"):
+        kwise_loss(loss_config("online_ipo"), x, x, x)
 
 
 # ------------------------------------------------------------------------------- entry point
@@ -410,7 +406,8 @@ def test_kwise_loss_kwise_counts_rows_with_two_valid() -> None:
     policy, ref = random_logps((3, 3), seed=6)
     rewards = f64([1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [1.0, 0.0, 0.0])
     mask = T([[True] * 3, [True, True, False], [True, False, False]])
-    losses, counts = kwise_loss("nca", policy, ref, rewards, mask, alpha=0.5)
+    out = kwise_loss(loss_config("nca", alpha=0.5), policy, ref, rewards, mask)
+    losses, counts = out.losses, out.counts
     assert counts.tolist() == [True, True, False]
     expected = nca_loss(policy, ref, rewards, beta=0.01, alpha=0.5, mask=mask)  # beta: default
     close(losses[:2], expected[:2])
@@ -420,11 +417,12 @@ def test_kwise_loss_kwise_counts_rows_with_two_valid() -> None:
 def test_kwise_loss_pair_losses_use_best_and_worst() -> None:
     policy, ref = random_logps((2, 4), seed=7)
     rewards = f64([1.0, 9.0, 3.0, 0.5], [2.0, 2.0, 2.0, 2.0])
-    losses, counts = kwise_loss("dpo", policy, ref, rewards, beta=0.3)
+    out = kwise_loss(loss_config("dpo", beta=0.3), policy, ref, rewards)
+    losses, counts = out.losses, out.counts
     assert counts.tolist() == [True, False]
     close(losses[0], dpo_loss(policy[0, 1], policy[0, 3], ref[0, 1], ref[0, 3], beta=0.3))
     assert losses[1] == 0
-    losses, _ = kwise_loss("nca_pair", policy, ref, rewards)  # default beta 0.01
+    losses = kwise_loss(loss_config("nca_pair"), policy, ref, rewards).losses  # beta 0.01
     close(losses[0], nca_pair_loss(policy[0, 1], policy[0, 3], ref[0, 1], ref[0, 3], beta=0.01))
 
 
@@ -434,10 +432,9 @@ def test_kwise_loss_ipo_length_norm() -> None:
     # tau 0.5 -> (2 - 1)^2 = 1.   Without length_norm: h = 3 - (-4) = 7 -> (7 - 1)^2 = 36.
     policy, ref, rewards = f64([-6.0, -8.0]), f64([-9.0, -4.0]), f64([1.0, 0.0])
     n_tokens = T([[3, 4]])
-    losses, _ = kwise_loss("ipo", policy, ref, rewards, None, n_tokens, tau=0.5, length_norm=True)
-    close(losses, [1.0])
-    losses, _ = kwise_loss("ipo", policy, ref, rewards, tau=0.5)
-    close(losses, [36.0])
+    normed = loss_config("ipo", tau=0.5, length_norm=True)
+    close(kwise_loss(normed, policy, ref, rewards, None, n_tokens).losses, [1.0])
+    close(kwise_loss(loss_config("ipo", tau=0.5), policy, ref, rewards).losses, [36.0])
 
 
 @pytest.mark.parametrize("name", ["dpo", "ipo", "slic", "nca_pair"])
@@ -449,7 +446,8 @@ def test_kwise_loss_pair_padding_gives_finite_gradients(name: str) -> None:
     ref = f64([-4.0, -4.0, 0.0], [0.0, -2.0, -2.0], [nan, nan, nan])
     mask = T([[True, True, False], [False, True, True], [False, False, False]])
     rewards = f64([2.0, 1.0, 0.0], [0.0, 1.0, 1.0], [nan, nan, nan])
-    losses, counts = kwise_loss(name, policy, ref, rewards, mask)
+    out = kwise_loss(loss_config(name), policy, ref, rewards, mask)
+    losses, counts = out.losses, out.counts
     assert counts.tolist() == [True, False, False]
     losses.sum().backward()
     assert torch.isfinite(losses).all() and torch.isfinite(policy.grad).all()
@@ -467,3 +465,36 @@ def test_rewards_are_targets_not_parameters() -> None:
     for fn in (nca_loss, infonca_loss):
         fn(policy.requires_grad_(True), ref, rewards, beta=0.1, alpha=1.0).sum().backward()
     assert rewards.grad is None and policy.grad is not None
+
+
+# ------------------------------------------------------------------------------- logged rewards
+
+
+def test_logged_rewards_use_the_losses_own_scale() -> None:
+    # best = response 0 (reward 1), worst = response 1: log-ratios -6 + 9 = 3 and -8 + 4 = -4,
+    # margin 7. IPO logs tau * log-ratio, DPO beta * log-ratio.
+    policy, ref, rewards = f64([-6.0, -8.0]), f64([-9.0, -4.0]), f64([1.0, 0.0])
+    ipo = kwise_loss(loss_config("ipo", tau=0.5), policy, ref, rewards)
+    close(ipo.chosen_rewards, [1.5])
+    close(ipo.rejected_rewards, [-2.0])
+    close(ipo.chosen_rewards - ipo.rejected_rewards, [0.5 * 7])
+    dpo = kwise_loss(loss_config("dpo", beta=0.3), policy, ref, rewards)
+    close(dpo.chosen_rewards, [0.9])
+    close(dpo.rejected_rewards, [-1.2])
+    assert dpo.has_preference.tolist() == [True]
+    assert (dpo.chosen.tolist(), dpo.rejected.tolist()) == ([0], [1])
+    # IPO under length_norm logs the per-token means the loss sees: (1, -1) * tau
+    normed = loss_config("ipo", tau=0.5, length_norm=True)
+    out = kwise_loss(normed, policy, ref, rewards, None, T([[3, 4]]))
+    close(out.chosen_rewards, [0.5])
+    close(out.rejected_rewards, [-0.5])
+
+
+def test_logged_rewards_of_kwise_losses_are_best_and_worst() -> None:
+    # rewards [2, 9, 5]: best index 1, worst index 0; log-ratios [1, 2, -3], beta 0.5
+    policy, ref, rewards = f64([-1.0, -2.0, -6.0]), f64([-2.0, -4.0, -3.0]), f64([2.0, 9.0, 5.0])
+    policy.requires_grad_(True)
+    out = kwise_loss(loss_config("nca", beta=0.5), policy, ref, rewards)
+    close(out.chosen_rewards, [1.0])
+    close(out.rejected_rewards, [0.5])
+    assert out.losses.requires_grad and not out.chosen_rewards.requires_grad

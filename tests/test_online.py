@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from align.config import PreferenceConfig, load_pipeline
+from align.config.losses import loss_config
 from align.core.errors import AlignError
 from align.data.datasets import load_records
 from align.model.loading import resolve_model
@@ -34,7 +35,7 @@ REF = torch.tensor([[-4.0, -4.0]], dtype=torch.float64)
 def test_online_ipo_loss_by_hand() -> None:
     policy = POLICY.clone().requires_grad_(True)
     # tau 0.5: target 1; p 0.8: 0.8 (2 - 1)^2 + 0.2 (2 + 1)^2 = 0.8 + 1.8
-    loss = online_loss("online_ipo", policy, REF, torch.tensor([0.8]), tau=0.5)
+    loss = online_loss(loss_config("online_ipo", tau=0.5), policy, REF, torch.tensor([0.8]))
     assert loss.tolist() == pytest.approx([2.6])
     loss.sum().backward()
     # d/dh = 0.8 * 2 * 1 + 0.2 * 2 * 3 = 2.8; h = s(y) - s(y')
@@ -44,7 +45,7 @@ def test_online_ipo_loss_by_hand() -> None:
 def test_a_tie_pulls_h_to_zero() -> None:
     policy = POLICY.clone().requires_grad_(True)
     # p = 1/2: (h - 1)^2 / 2 + (h + 1)^2 / 2 = h^2 + 1 = 5, gradient 2h = 4
-    loss = online_loss("ipo_md", policy, REF, torch.tensor([0.5]), tau=0.5, beta=0.3)
+    loss = online_loss(loss_config("ipo_md", tau=0.5, beta=0.3), policy, REF, torch.tensor([0.5]))
     assert loss.tolist() == pytest.approx([5.0])
     loss.sum().backward()
     assert policy.grad[0].tolist() == pytest.approx([4.0, -4.0])
@@ -54,20 +55,22 @@ def test_nash_md_pg_loss_by_hand() -> None:
     policy = POLICY.clone().requires_grad_(True)
     # advantage = p - 1/2 - tau (log pi(y) - log ref(y)) = 0.9 - 0.5 - 0.1 * 1 = 0.3
     # surrogate = -0.3 * log pi(y) = 0.9; gradient -0.3 on y, none on the opponent
-    loss = online_loss("nash_md_pg", policy, REF, torch.tensor([0.9]), tau=0.1, beta=0.125)
+    loss = online_loss(
+        loss_config("nash_md_pg", tau=0.1, beta=0.125), policy, REF, torch.tensor([0.9])
+    )
     assert loss.tolist() == pytest.approx([0.9])
     loss.sum().backward()
     assert policy.grad[0].tolist() == pytest.approx([-0.3, 0.0])
     # a tie with the policy at the reference: no push either way
-    tie = online_loss("nash_md_pg", REF, REF, torch.tensor([0.5]), tau=0.1)
+    tie = online_loss(loss_config("nash_md_pg", tau=0.1), REF, REF, torch.tensor([0.5]))
     assert tie.tolist() == [0.0]
 
 
 def test_online_dpo_and_slic_by_hand() -> None:
-    dpo = online_loss("online_dpo", POLICY, REF, torch.tensor([1.0]), tau=2.0)
+    dpo = online_loss(loss_config("online_dpo", tau=2.0), POLICY, REF, torch.tensor([1.0]))
     assert dpo.tolist() == pytest.approx([math.log1p(math.exp(-4.0))])  # -log sigmoid(2 * 2)
     # 0.8 max(0, 1 - 0.5) + 0.2 max(0, 1 + 0.5)
-    slic = online_loss("online_slic", POLICY, REF, torch.tensor([0.8]), tau=0.25)
+    slic = online_loss(loss_config("online_slic", tau=0.25), POLICY, REF, torch.tensor([0.8]))
     assert slic.tolist() == pytest.approx([0.7])
 
 
@@ -75,13 +78,13 @@ def test_offline_entry_point_refuses_online_losses() -> None:
     from align.train.losses import kwise_loss
 
     with pytest.raises(ValueError, match=r"needs train\.online: true"):
-        kwise_loss("online_ipo", POLICY, REF, torch.tensor([[1.0, 0.0]]))
+        kwise_loss(loss_config("online_ipo"), POLICY, REF, torch.tensor([[1.0, 0.0]]))
 
 
 def test_which_samples_come_from_the_mixture() -> None:
-    assert mixture_weights("online_ipo", {"tau": 1.0}) == (0.0, 0.0)
-    assert mixture_weights("ipo_md", {"tau": 1.0, "beta": 0.125}) == (0.125, 0.125)
-    assert mixture_weights("nash_md_pg", {"tau": 1.0, "beta": 0.25}) == (0.0, 0.25)
+    assert mixture_weights(loss_config("online_ipo", tau=1.0)) == (0.0, 0.0)
+    assert mixture_weights(loss_config("ipo_md", tau=1.0, beta=0.125)) == (0.125, 0.125)
+    assert mixture_weights(loss_config("nash_md_pg", tau=1.0, beta=0.25)) == (0.0, 0.25)
 
 
 def test_bradley_terry_ties_give_one_half() -> None:
@@ -116,7 +119,7 @@ def test_preference_function_results_are_checked() -> None:
         (ONLINE_IPO, "train.online=false", "train.loss: 'online_ipo' is an online loss; set "),
         (ONLINE_IPO, "train.loss={name: nca}", "train.loss: 'nca' is an offline loss but train.o"),
         (ONLINE_IPO, "train.preference=null", "train.preference: required with train.online"),
-        (IPO_MD, "train.loss.beta=1.5", "beta is the reference's weight in the sampling mixture"),
+        (IPO_MD, "train.loss.beta=1.5", "train.loss.beta: must be in [0, 1] (the reference's weig"),
         (ONLINE_IPO, "train.preference.judge={backend: {kind: local, model: tiny}}", "exactly one"),
         (ONLINE_IPO, "annotate={reward: {from_data: true}}", "annotate: an online pipeline"),
         (ONLINE_IPO, "train.rollout.max_new_tokens=64", "train.rollout.max_new_tokens (64)"),

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from align.config import load_pipeline
+from align.config.losses import loss_config
 from align.core.io import read_json
 from align.data.records import read_shards, shard_path
 from align.llm.backend import ChatResult
@@ -221,9 +222,12 @@ def test_bmc_weights_with_empty_masks_are_plain_sums() -> None:
     assert torch.allclose(policy, tok.sum(-1))
     assert ref_seq.tolist() == pytest.approx([sum(r) for r in ref])
     rewards = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    bmc, _ = kwise_loss("dpo_bmc", policy.view(2, 2), ref_seq.view(2, 2), rewards, beta=0.1)
+    bmc = kwise_loss(
+        loss_config("dpo_bmc", beta=0.1), policy.view(2, 2), ref_seq.view(2, 2), rewards
+    ).losses
     ref_sums = torch.tensor([sum(r) for r in ref], dtype=torch.float64).view(2, 2)
-    dpo, _ = kwise_loss("dpo", tok.sum(-1).view(2, 2), ref_sums, rewards, beta=0.1)
+    dpo = kwise_loss(loss_config("dpo", beta=0.1), tok.sum(-1).view(2, 2), ref_sums, rewards)
+    dpo = dpo.losses
     assert torch.allclose(bmc, dpo, atol=1e-12)
     # a marked token changes the loss: the test above can fail
     ones = [[1] * int(n) for n in mask.sum(-1)]

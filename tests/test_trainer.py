@@ -10,9 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from align.config import load_pipeline
+from align.config.losses import loss_config
+from align.data.pairing import best_worst_pairs
 from align.model.loading import load_model, load_tokenizer, resolve_model
 from align.stages.annotate import _ref_logps
-from align.train.trainer import Trainer, step_indices
+from align.train.losses import kwise_loss
+from align.train.trainer import LOG_KEYS, Trainer, _add_pair_stats, step_indices
 
 QS = "pipelines/quickstart.yaml"
 
@@ -39,6 +42,48 @@ def _cfg(*overrides: str):
     return load_pipeline(
         QS, ["train.warmup_ratio=0", "train.lr_scheduler=constant", *overrides], smoke=True
     )
+
+
+def _pair_stats(loss, policy, ref, rewards, mask) -> tuple[dict[str, float], int]:
+    sums = dict.fromkeys(LOG_KEYS, 0.0)
+    n = _add_pair_stats(sums, kwise_loss(loss, policy, ref, rewards, mask), policy)
+    return sums, n
+
+
+# row 0: best index 1 (reward 9), worst index 2 (reward 0): log-ratios 2 and -1, margin 3.
+# row 1: all rewards tied, not logged. row 2: best index 0, worst index 1 (index 2 is padding):
+# log-ratios 0.5 and 1.5, margin -1.
+POLICY = torch.tensor([[-3.0, -2.0, -5.0], [-1.0, -1.0, -1.0], [-2.5, -1.5, 7.0]]).double()
+REF = torch.tensor([[-3.0, -4.0, -4.0], [-2.0, -2.0, -2.0], [-3.0, -3.0, 0.0]]).double()
+REWARDS = torch.tensor([[1.0, 9.0, 0.0], [2.0, 2.0, 2.0], [5.0, 1.0, 9.0]]).double()
+MASK = torch.tensor([[True, True, True], [True, True, True], [True, True, False]])
+
+
+def test_logged_ipo_rewards_are_tau_times_the_log_ratios() -> None:
+    sums, n = _pair_stats(loss_config("ipo", tau=0.25), POLICY, REF, REWARDS, MASK)
+    assert n == 2
+    assert sums["rewards/chosen"] == pytest.approx(0.25 * (2.0 + 0.5))
+    assert sums["rewards/rejected"] == pytest.approx(0.25 * (-1.0 + 1.5))
+    assert sums["rewards/margin"] == pytest.approx(0.25 * (3.0 - 1.0))
+    assert sums["rewards/accuracy"] == 1.0
+    assert (sums["logps/chosen"], sums["logps/rejected"]) == (-2.0 - 2.5, -5.0 - 1.5)
+
+
+def test_logged_dpo_rewards_are_unchanged() -> None:
+    # what the trainer logged before the loss returned its rewards: beta * (policy - ref) at
+    # the best and worst responses, computed beside the loss
+    beta = 0.1
+    sums, n = _pair_stats(loss_config("dpo", beta=beta), POLICY, REF, REWARDS, MASK)
+    best, worst, has = best_worst_pairs(REWARDS, MASK)
+    rows = torch.arange(3)[has]
+    implicit = beta * (POLICY - REF)
+    rc, rr = implicit[rows, best[has]], implicit[rows, worst[has]]
+    assert n == 2
+    assert sums["rewards/chosen"] == rc.sum().item()  # bit for bit
+    assert sums["rewards/rejected"] == rr.sum().item()
+    assert sums["rewards/margin"] == (rc - rr).sum().item()
+    assert sums["rewards/margin"] == pytest.approx(beta * (3.0 - 1.0))
+    assert sums["rewards/chosen"] == pytest.approx(beta * (2.0 + 0.5))
 
 
 def _log(out: Path) -> list[dict]:

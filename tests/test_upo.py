@@ -1,4 +1,4 @@
-"""align.upo: expectile and actor terms by hand, the value head fit, the gradient paths."""
+"""align.train.upo: expectile and actor terms by hand, the value head fit, the gradient paths."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from align.config.losses import UPOParams
 from align.train.upo import ValueHead, expectile_loss, last_prompt_hidden, upo_aux_loss, upo_loss
 
 
@@ -67,8 +68,9 @@ def test_aux_loss_by_hand() -> None:
     torch.testing.assert_close(loss, torch.tensor([2.0, 3 * math.exp(-1)]))
     # lam 5, A = 1 -> e^5 = 148.41 clipped to 20 by max_weight
     args = torch.tensor([-0.5]), torch.tensor([1.0]), torch.tensor([0.0])
-    torch.testing.assert_close(upo_aux_loss(*args), torch.tensor([0.5 * math.exp(5)]))
-    torch.testing.assert_close(upo_aux_loss(*args, max_weight=20.0), torch.tensor([10.0]))
+    torch.testing.assert_close(upo_aux_loss(*args, lam=5.0), torch.tensor([0.5 * math.exp(5)]))
+    clipped = upo_aux_loss(*args, lam=5.0, max_weight=20.0)
+    torch.testing.assert_close(clipped, torch.tensor([10.0]))
 
 
 def test_upo_loss_warmup_and_total() -> None:
@@ -82,7 +84,7 @@ def test_upo_loss_warmup_and_total() -> None:
         torch.full((2,), 0.5),
     )
     actor = (math.e + 2 / math.e) / 2
-    kw = {"lam": 2.0, "gamma": 0.5, "value_coef": 0.1, "aux_warmup_steps": 100}
+    kw = {**upo_settings(), "lam": 2.0, "gamma": 0.5, "value_coef": 0.1, "aux_warmup_steps": 100}
     early = upo_loss(pref, mean_logps, rewards, values, step=99, **kw)
     assert not early.actor_on
     torch.testing.assert_close(early.total, torch.tensor(0.4 + 0.1 * 0.125))
@@ -93,13 +95,24 @@ def test_upo_loss_warmup_and_total() -> None:
     torch.testing.assert_close(late.value, torch.tensor(0.125))
 
 
-def test_upo_defaults_are_the_specs() -> None:
-    import inspect
+def upo_settings() -> dict:
+    """upo_loss's settings from the config's defaults, as the trainer passes them."""
+    p = UPOParams()
+    return {
+        "gamma": p.gamma,
+        "lam": p.lambda_,
+        "value_coef": p.value_coef,
+        "expectile": p.expectile,
+        "aux_warmup_steps": p.aux_warmup_steps,
+        "max_weight": p.max_weight or None,
+    }
 
-    defaults = {k: p.default for k, p in inspect.signature(upo_loss).parameters.items()}
-    assert defaults["gamma"] == 0.5 and defaults["lam"] == 5.0 and defaults["value_coef"] == 0.1
-    assert defaults["expectile"] == 0.7 and defaults["aux_warmup_steps"] == 100
-    assert defaults["max_weight"] is None
+
+def test_upo_defaults() -> None:
+    # written once, in the config: gamma, lambda and value_coef from the paper
+    p = UPOParams()
+    assert (p.gamma, p.lambda_, p.value_coef) == (0.5, 5.0, 0.1)
+    assert (p.expectile, p.aux_warmup_steps, p.max_weight) == (0.7, 100, 0.0)
 
 
 # ------------------------------------------------------------------------------- value head
@@ -168,7 +181,7 @@ def test_actor_term_reaches_only_the_policy() -> None:
     assert g_values is None and g_rewards is None
     # d/dl of -w * l is -w, w = exp(5 (R - V))
     torch.testing.assert_close(g_logps, -torch.exp(5.0 * (rewards - values)).detach())
-    actor = upo_aux_loss(mean_logps, rewards, head(hidden)).sum()
+    actor = upo_aux_loss(mean_logps, rewards, head(hidden), lam=5.0).sum()
     actor.backward()
     assert all(p.grad is None for p in head.parameters())
     assert hidden.grad is None
@@ -179,7 +192,9 @@ def test_value_loss_trains_the_head_but_not_the_language_model() -> None:
     head = ValueHead(4)
     hidden = torch.randn(3, 4, requires_grad=True)
     rewards = torch.rand(3, requires_grad=True)
-    terms = upo_loss(torch.tensor(0.0), -torch.rand(3), rewards, head(hidden), step=0)
+    terms = upo_loss(
+        torch.tensor(0.0), -torch.rand(3), rewards, head(hidden), step=0, **upo_settings()
+    )
     terms.total.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
     assert hidden.grad is None  # the head detaches its input

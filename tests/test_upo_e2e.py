@@ -16,7 +16,8 @@ from align.data.records import read_shards
 from align.model.loading import load_tokenizer, resolve_model
 from align.pipeline import run_stage, stage_folder
 from align.rewards.aux import brevity, combined_aux_rewards, readability, safety, sentence_end
-from align.train.trainer import VALUE_HEAD, Trainer
+from align.train.checkpoint import VALUE_HEAD
+from align.train.trainer import Trainer
 from align.train.upo import ValueHead
 
 PIPELINE = """

@@ -18,6 +18,13 @@ from align.config.judge import (
     MTBenchConfig,
 )
 from align.config.load import load_pipeline, parse_override, set_path, validate_dict
+from align.config.losses import (
+    LOSS_MODELS,
+    LossConfig,
+    LossParams,
+    loss_config,
+    loss_parameters,
+)
 from align.config.model import LoraConfig, ModelConfig
 from align.config.pipeline import PipelineConfig, section, section_model
 from align.config.reading import parse_yaml, read_yaml
@@ -33,6 +40,7 @@ from align.config.stages import (
 from align.config.train import DistributedConfig, RolloutConfig, TrainConfig
 
 __all__ = [
+    "LOSS_MODELS",
     "SHARDED",
     "AlpacaEvalConfig",
     "AnnotateConfig",
@@ -46,6 +54,8 @@ __all__ = [
     "JudgeConfig",
     "JudgeRewardConfig",
     "LoraConfig",
+    "LossConfig",
+    "LossParams",
     "MTBenchConfig",
     "ModelConfig",
     "PipelineConfig",
@@ -60,6 +70,8 @@ __all__ = [
     "TrainConfig",
     "accelerate_strategy",
     "load_pipeline",
+    "loss_config",
+    "loss_parameters",
     "parse_override",
     "parse_yaml",
     "read_yaml",

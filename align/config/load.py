@@ -106,33 +106,69 @@ def _apply_smoke(raw: dict) -> None:
     raw["name"] = f"{raw.get('name', 'pipeline')}-smoke"
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model whose fields live at `loc` (for 'did you mean' on unknown keys)."""
+def _resolve(loc: tuple) -> tuple[tuple, type[BaseModel] | None]:
+    """`loc` without the tags pydantic inserts after a discriminated union (('train', 'loss',
+    'nca', 'beta') -> ('train', 'loss', 'beta')), and the pydantic model whose fields live at
+    it (for 'did you mean' on unknown keys), None where `loc` ends at a plain value."""
     model: Any = PipelineConfig
-    for part in loc:
+    shown: list = []
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        shown.append(part)
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
+            model = None
+            continue
         field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        model = field.annotation
-        if isinstance(model, types.UnionType) or typing.get_origin(model) is typing.Union:
-            model = next((a for a in typing.get_args(model) if a is not type(None)), None)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        model = None if field is None else field.annotation
+        members = typing.get_args(model) if _is_union(model) else ()
+        if field is not None and field.discriminator and parts:
+            tag = parts.pop(0)  # the union member pydantic validated against
+            model = next((m for m in members if tag in _tags(m, field.discriminator)), None)
+        elif members:
+            model = next((a for a in members if a is not type(None)), None)
+    found = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+    return tuple(shown), found
+
+
+def _is_union(annotation: Any) -> bool:
+    return isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+
+
+def _tags(model: Any, discriminator: Any) -> tuple:
+    field = getattr(model, "model_fields", {}).get(str(discriminator))
+    return typing.get_args(field.annotation) if field is not None else ()
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
 
 
 def _format_error(err: dict) -> str:
-    loc = tuple(p for p in err["loc"] if not str(p).startswith("function-after"))
+    raw = tuple(p for p in err["loc"] if not str(p).startswith("function-after"))
+    loc, _ = _resolve(raw)
     where = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        valid = list(parent.model_fields) if parent else []
+        _, parent = _resolve(raw[:-1])
+        valid = _keys(parent) if parent else []
         hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         return (
             f"{where}: unknown key"
             + (f" (did you mean {'.'.join(map(str, (*loc[:-1], hint[0])))!r}?)" if hint else "")
             + (f"; valid keys here: {', '.join(valid)}" if valid else "")
         )
+    if err["type"] == "union_tag_invalid":  # e.g. train.loss.name: unknown loss 'ncaa'
+        key, tag = err["ctx"]["discriminator"].strip("'"), err["ctx"]["tag"]
+        valid = sorted(t.strip("'") for t in err["ctx"]["expected_tags"].split(", "))
+        hint = difflib.get_close_matches(tag, valid, n=1)
+        return (
+            f"{where}.{key}: unknown {loc[-1]} {tag!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; valid: {', '.join(valid)}"
+        )
+    if err["type"] == "union_tag_not_found":  # e.g. train.loss without a name
+        key = err["ctx"]["discriminator"].strip("'")
+        return f"{where}.{key}: Field required"
     msg = err["msg"].removeprefix("Value error, ")
     if not loc:  # whole-pipeline checks name their keys in the message
         return msg

@@ -14,6 +14,7 @@ from align.config.data import DataConfig
 from align.config.judge import (
     JudgeConfig,
 )
+from align.config.losses import LOSS_MODELS
 from align.config.model import ModelConfig
 from align.config.rewards import RewardConfig
 from align.config.stages import (
@@ -66,13 +67,11 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
-        from align.train.losses import get_loss
-
         _check_distributed(self)
         if self.train.online:
             _check_online(self)
             return self
-        if get_loss(self.train.loss.name).kind == "online":
+        if self.train.loss.kind == "online":
             raise ValueError(
                 f"train.loss: {self.train.loss.name!r} is an online loss; set train.online: true "
                 "(and train.preference), or pick an offline loss such as ipo or dpo"
@@ -97,7 +96,7 @@ class PipelineConfig(Strict):
             raise ValueError("data.train.format 'prompts' needs a 'sample' stage to make responses")
         if self.annotate.reward.from_data and fmt == "prompts":
             raise ValueError("annotate.reward.from_data needs a dataset with rewards")
-        min_k = get_loss(self.train.loss.name).min_k
+        min_k = self.train.loss.min_k
         if self.sample is not None and self.sample.k < min_k:
             raise ValueError(
                 f"sample.k is {self.sample.k} but loss {self.train.loss.name!r} needs K >= {min_k}"
@@ -129,10 +128,8 @@ def section_model(cfg: PipelineConfig, key: str) -> Any:
 
 def _check_bmc_upo(cfg: PipelineConfig) -> None:
     """The rewrite stage feeds pair losses only; dpo_bmc needs it; upo needs aux rewards."""
-    from align.train.losses import get_loss
-
-    spec = get_loss(cfg.train.loss.name)
-    name = cfg.train.loss.name
+    spec = cfg.train.loss
+    name = spec.name
     if spec.token_weights == "bmc" and cfg.rewrite is None:
         raise ValueError(
             f"train.loss: {name!r} trains on the rewrite stage's diff masks; add "
@@ -191,10 +188,8 @@ def _check_distributed(cfg: PipelineConfig) -> None:
 def _check_online(cfg: PipelineConfig) -> None:
     """An online pipeline: prepare-model -> train -> evaluate, prompts only, an online loss and a
     preference source."""
-    from align.train.losses import LOSSES, get_loss
-
-    online = sorted(n for n, s in LOSSES.items() if s.kind == "online")
-    if get_loss(cfg.train.loss.name).kind != "online":
+    online = sorted(n for n, m in LOSS_MODELS.items() if m.kind == "online")
+    if cfg.train.loss.kind != "online":
         raise ValueError(
             f"train.loss: {cfg.train.loss.name!r} is an offline loss but train.online is true; "
             f"use one of {', '.join(online)}, or set train.online: false"

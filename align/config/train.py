@@ -4,12 +4,12 @@ training. The loss and its parameters are in align/config/losses.py.
 
 from __future__ import annotations
 
-import difflib
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from align.config.base import Strict
+from align.config.losses import LossConfig
 from align.config.rewards import AuxRewardConfig, PreferenceConfig
 
 
@@ -22,47 +22,6 @@ class RolloutConfig(Strict):
     # log P(training sample > a reference sample) per step; one reference sample per prompt,
     # drawn once (seeded by the prompt's index) and kept
     win_rate: bool = True
-
-
-class LossConfig(BaseModel):
-    """`name` picks a loss from align.losses.LOSSES; the other keys are that loss's parameters."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str
-
-    @model_validator(mode="after")
-    def _known(self) -> LossConfig:
-        from align.train.losses import check_params, get_loss
-
-        spec = get_loss(self.name)
-        extra = dict(self.model_extra or {})
-        for key, value in extra.items():
-            if key not in spec.params:
-                hint = difflib.get_close_matches(key, list(spec.params), n=1)
-                raise ValueError(
-                    f"unknown parameter {key!r} for loss {self.name!r}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                    + f"; valid: {', '.join(spec.params)}"
-                )
-            default = spec.params[key]
-            if isinstance(default, str):
-                if not isinstance(value, str):
-                    raise ValueError(f"{key}: must be a name, got {value!r}")
-                continue
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ValueError(f"{key}: must be true or false, got {value!r}")
-            if not isinstance(default, bool) and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                raise ValueError(f"{key}: must be a number, got {value!r}")
-        check_params(self.name, extra)
-        return self
-
-    def params(self) -> dict[str, Any]:
-        """The loss parameters with the registry defaults filled in."""
-        from align.train.losses import get_loss
-
-        return {**get_loss(self.name).params, **(self.model_extra or {})}
 
 
 class DistributedConfig(Strict):

@@ -48,9 +48,7 @@ def _ref_logps(
 def _check_k(cfg: PipelineConfig, records: list[dict]) -> None:
     """Dataset responses: every record needs the K the loss asks for (sampling checks sample.k
     at validation)."""
-    from align.train.losses import get_loss
-
-    spec = get_loss(cfg.train.loss.name)
+    spec = cfg.train.loss
     for i, rec in enumerate(records):
         if len(rec["responses"]) < spec.min_k:
             raise AlignError(

@@ -27,29 +27,30 @@ The reward temperature ``alpha``
 Precision: bfloat16/float16 inputs are computed in float32 (the tensors are ``[B, K]``, so this
 costs nothing) and the losses come back in float32; float64 stays float64.
 
-``kwise_loss`` is the single entry point for the trainer: it looks up the registry, applies the
-documented pairing rule for pair losses on K-wise data and reports which rows count.
+``kwise_loss`` is the single entry point for the trainer: it takes the typed parameters of
+``train.loss`` (align/config/losses.py, where the defaults and their reasons are), looks up the
+function in ``LOSSES``, applies the pairing rule for pair losses on K-wise data, reports which
+rows count and returns the implicit rewards the trainer logs. ``online_loss`` is the online
+trainer's.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from align.config.losses import IPOParams, LossParams
 from align.data.pairing import best_worst_pairs
 from align.train.upo import upo_loss
 
 __all__ = [
     "LOSSES",
-    "LossSpec",
+    "LossOutput",
     "dpo_loss",
-    "get_loss",
     "infonca_loss",
     "ipo_loss",
     "kwise_loss",
@@ -303,7 +304,7 @@ def nca_pair_loss(
 
 
 # ---------------------------------------------------------------------------------------------
-# online losses (spec section 2): pairs sampled during training, labelled p = P(y > y')
+# online losses: pairs sampled during training, labelled p = P(y > y')
 
 
 def nash_md_pg_loss(
@@ -312,9 +313,10 @@ def nash_md_pg_loss(
     """Nash-MD-PG surrogate for one policy sample y against an opponent y' from the mixture.
 
     ``loss = -sg[p - 1/2 - tau * (log pi(y) - log ref(y))] * log pi(y)``, whose gradient is
-    minus the spec's estimator ``grad log pi(y) [P(y > y') - 1/2 - tau log(pi(y)/ref(y))]``:
-    the 1/2 is a control variate, the tau term the KL regulariser (sequence level, not TRL's
-    per-token approximation). policy_logps, ref_logps: ``[B]`` summed log-probs of y; label
+    minus the policy-gradient estimator
+    ``grad log pi(y) [P(y > y') - 1/2 - tau log(pi(y)/ref(y))]``: the 1/2 is a control
+    variate, the tau term the KL regulariser (sequence level, not TRL's per-token
+    approximation). policy_logps, ref_logps: ``[B]`` summed log-probs of y; label
     ``p``: float or ``[B]``. Returns ``[B]``.
 
     Munos et al., "Nash Learning from Human Feedback", arXiv 2312.00886, section 7.
@@ -327,202 +329,80 @@ def nash_md_pg_loss(
 
 
 def _online_dpo(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, tau: float, label) -> Tensor:
-    return dpo_loss(pc, pr, rc, rr, beta=tau, label=label)  # spec 2.6: -log sigmoid(tau h)
+    return dpo_loss(pc, pr, rc, rr, beta=tau, label=label)  # -log sigmoid(tau h), tau the KL
 
 
 def _online_slic(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, tau: float, label) -> Tensor:
-    return slic_loss(pc, pr, rc, rr, beta=tau, label=label)  # spec 2.6: max(0, 1 - tau h)
-
-
-def online_loss(
-    name: str, policy_logps: Tensor, ref_logps: Tensor, label: Tensor, **params: float
-) -> Tensor:
-    """An online loss on sampled pairs; the online trainer's one entry point.
-
-    policy_logps, ref_logps: ``[B, 2]`` summed log-probs of (y, y'); label ``[B]`` = P(y > y').
-    ``beta`` (the mixture weight) only steers sampling and is ignored here. Contrastive losses
-    use the soft-label form ``p l(y, y') + (1 - p) l(y', y)``; ``nash_md_pg`` uses y alone (its
-    opponent enters through p). Returns ``[B]``.
-    """
-    spec = get_loss(name)
-    if spec.kind != "online":
-        raise ValueError(f"loss {name!r} is not an online loss")
-    settings = {k: v for k, v in check_params(name, params).items() if k != "beta"}
-    if name == "nash_md_pg":
-        return spec.fn(policy_logps[:, 0], ref_logps[:, 0], label=label, **settings)
-    return spec.fn(
-        policy_logps[:, 0],
-        policy_logps[:, 1],
-        ref_logps[:, 0],
-        ref_logps[:, 1],
-        label=label,
-        **settings,
-    )
+    return slic_loss(pc, pr, rc, rr, beta=tau, label=label)  # max(0, 1 - tau h), tau the KL
 
 
 # ---------------------------------------------------------------------------------------------
-# registry
+# registry: YAML name -> loss function (the parameters are align/config/losses.py's models)
+
+LOSSES: dict[str, Callable[..., Tensor]] = {
+    "nca": nca_loss,
+    "infonca": infonca_loss,
+    "dpo": dpo_loss,
+    "ipo": ipo_loss,
+    "slic": slic_loss,
+    "nca_pair": nca_pair_loss,
+    # BMC: the pair loss on diff-mask-weighted log-probs (the trainer weights them, bmc.py)
+    "dpo_bmc": dpo_loss,
+    "ipo_bmc": ipo_loss,
+    "nca_pair_bmc": nca_pair_loss,
+    "online_ipo": ipo_loss,
+    "ipo_md": ipo_loss,
+    "nash_md_pg": nash_md_pg_loss,
+    "online_dpo": _online_dpo,
+    "online_slic": _online_slic,
+    # the trainer runs it around its preference loss (upo.py)
+    "upo": upo_loss,
+}
+
+
+def _scale(params: LossParams) -> tuple[str, float]:
+    """The loss's scale of the log-ratio and its keyword: tau for IPO, beta for the others."""
+    return ("tau", params.tau) if isinstance(params, IPOParams) else ("beta", params.beta)
 
 
 @dataclass(frozen=True)
-class LossSpec:
-    """What a YAML loss name means: the function, its input kind and its settable params."""
+class LossOutput:
+    """What `kwise_loss` returns, all ``[B]``. ``losses`` is 0 where ``counts`` is False, so
+    the caller reduces with ``losses.sum() / counts.sum().clamp_min(1)``.
 
-    name: str  # YAML name
-    fn: Callable[..., Tensor]
-    kind: Literal[
-        "kwise", "pair", "online", "upo"
-    ]  # online: pairs sampled in training (train.online)
-    params: dict[str, float | bool | str]  # YAML-settable parameters and their defaults
-    min_k: int = 2  # a row needs this many valid responses to count
-    # "bmc": the trainer weights token log-probs by the rewrite stage's diff masks before the
-    # loss (align/bmc.py); `delta` and `ref_weights` steer that weighting, not `fn`
-    token_weights: Literal["bmc"] | None = None
+    The logged figures are detached and describe the best (``chosen``) against the worst
+    (``rejected``) response of each row (``best_worst_pairs``): ``chosen_rewards`` and
+    ``rejected_rewards`` are the implicit rewards ``scale * (policy - ref)`` with the loss's own
+    scale (beta, or tau for IPO) on the log-probs the loss saw (per-token means under
+    ``length_norm``); they mean nothing where ``has_preference`` is False.
+    """
 
-
-_PLAIN: dict[str, LossSpec] = {
-    # beta 0.01: NCA README and YAML (summed log-probs). alpha 1.0: soft labels on 1-10 scores;
-    # the official code's 1e-4 gives one-hot labels (module docstring).
-    "nca": LossSpec(
-        "nca", nca_loss, "kwise", {"beta": 0.01, "alpha": 1.0, "tie_break_first": False}
-    ),
-    # Same source and defaults as nca: the paper compares the two at equal settings.
-    "infonca": LossSpec(
-        "infonca", infonca_loss, "kwise", {"beta": 0.01, "alpha": 1.0, "tie_break_first": False}
-    ),
-    # beta 0.1: TRL DPOConfig default.
-    "dpo": LossSpec("dpo", dpo_loss, "pair", {"beta": 0.1}),
-    # tau 0.1: TRL's default beta, which is IPO's tau; sums unless length_norm (spec section 2.1).
-    "ipo": LossSpec("ipo", ipo_loss, "pair", {"tau": 0.1, "length_norm": False}),
-    # beta 0.1: TRL DPOConfig default for loss_type="hinge".
-    "slic": LossSpec("slic", slic_loss, "pair", {"beta": 0.1}),
-    # beta 0.01: TRL's paper index for nca_pair (NCA paper, section C).
-    "nca_pair": LossSpec("nca_pair", nca_pair_loss, "pair", {"beta": 0.01}),
-}
-LOSSES: dict[str, LossSpec] = {
-    **_PLAIN,
-    # Online family (spec section 2.7, [secondary]): tau is the KL strength, beta the weight of
-    # the reference in the sampling mixture. tau per the IPO-MD paper's selected values.
-    "online_ipo": LossSpec("online_ipo", ipo_loss, "online", {"tau": 1.0}),
-    "ipo_md": LossSpec("ipo_md", ipo_loss, "online", {"tau": 1.0, "beta": 0.125}),
-    "nash_md_pg": LossSpec("nash_md_pg", nash_md_pg_loss, "online", {"tau": 0.008, "beta": 0.125}),
-    "online_dpo": LossSpec("online_dpo", _online_dpo, "online", {"tau": 5.0}),
-    "online_slic": LossSpec("online_slic", _online_slic, "online", {"tau": 10.0}),
-    # BMC (spec section 3): the pair loss on diff-mask-weighted log-probs of (pseudo-winner,
-    # loser). delta 2.0: the official config default; ref_weights: the official code's choice.
-    **{
-        f"{base}_bmc": LossSpec(
-            f"{base}_bmc",
-            _PLAIN[base].fn,
-            "pair",
-            {**_PLAIN[base].params, "delta": 2.0, "ref_weights": "reference"},
-            token_weights="bmc",
-        )
-        for base in ("dpo", "ipo", "nca_pair")
-    },
-    # UPO (spec section 4): `preference` names the wrapped loss, which takes the keys it shares
-    # with these; gamma, lambda, value_coef from the paper, expectile and warm-up the spec's.
-    # max_weight 0 = no clip. value_lr: the value head's own learning rate (our choice: the
-    # policy's 5e-7 would leave a freshly initialised head near zero for the whole run).
-    "upo": LossSpec(
-        "upo",
-        upo_loss,
-        "upo",
-        {
-            "preference": "dpo",
-            "beta": 0.1,
-            "alpha": 1.0,
-            "tau": 0.1,
-            "gamma": 0.5,
-            "lambda": 5.0,
-            "value_coef": 0.1,
-            "expectile": 0.7,
-            "aux_warmup_steps": 100,
-            "max_weight": 0.0,
-            "value_lr": 1.0e-4,
-        },
-    ),
-}
-UPO_PREFERENCES = ("dpo", "ipo", "slic", "nca_pair", "nca", "infonca")
-BMC_WEIGHT_PARAMS = ("delta", "ref_weights")
-
-_POSITIVE_PARAMS = ("alpha", "beta", "tau")
+    losses: Tensor
+    counts: Tensor  # bool: rows that take part in the loss
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+    has_preference: Tensor  # bool: rows whose valid rewards are not all equal
+    chosen: Tensor  # long: index of the chosen response
+    rejected: Tensor  # long: index of the rejected response
 
 
-def get_loss(name: str) -> LossSpec:
-    """The registry entry for a YAML loss name; an unknown name lists the valid ones."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        valid = sorted(LOSSES)
-        message = f"unknown loss {name!r}; valid: {', '.join(valid)}"
-        close = difflib.get_close_matches(str(name), valid, n=1)
-        if close:
-            message += f" (did you mean {close[0]!r}?)"
-        raise ValueError(message) from None
-
-
-def check_params(name: str, params: dict[str, float | bool]) -> dict[str, float | bool]:
-    """The loss's settings: registry defaults overridden by ``params``; unknown names and
-    non-positive alpha/beta/tau raise ValueError naming the valid values."""
-    spec = get_loss(name)
-    unknown = sorted(set(params) - set(spec.params))
-    if unknown:
-        valid = ", ".join(sorted(spec.params)) or "(none)"
-        raise ValueError(f"loss {name!r} has no parameter(s) {', '.join(unknown)}; valid: {valid}")
-    settings = {**spec.params, **params}
-    if spec.kind == "online" and "beta" in settings and not 0 <= settings["beta"] <= 1:
-        raise ValueError(
-            f"loss {name!r}: beta is the reference's weight in the sampling mixture, "
-            f"in [0, 1], got {settings['beta']}"
-        )
-    _check_choices(name, settings)
-    for key in _POSITIVE_PARAMS:
-        if spec.kind == "online" and key == "beta":
-            continue
-        if key in settings and not settings[key] > 0:
-            raise ValueError(f"loss {name!r}: {key} must be > 0, got {settings[key]}")
-    return settings
-
-
-def _check_choices(name: str, settings: dict[str, float | bool | str]) -> None:
-    """The string-valued and range-limited settings of the BMC and UPO losses."""
-    if "ref_weights" in settings and settings["ref_weights"] not in ("reference", "policy"):
-        raise ValueError(
-            f"loss {name!r}: ref_weights must be 'reference' or 'policy', "
-            f"got {settings['ref_weights']!r}"
-        )
-    if "delta" in settings and not settings["delta"] >= 1:
-        raise ValueError(f"loss {name!r}: delta must be >= 1, got {settings['delta']}")
-    if "preference" in settings and settings["preference"] not in UPO_PREFERENCES:
-        raise ValueError(
-            f"loss {name!r}: preference must be one of {', '.join(UPO_PREFERENCES)}, "
-            f"got {settings['preference']!r}"
-        )
-    if "expectile" in settings and not 0 < settings["expectile"] < 1:
-        raise ValueError(f"loss {name!r}: expectile must be in (0, 1), got {settings['expectile']}")
-    for key in ("gamma", "value_coef", "aux_warmup_steps", "max_weight"):
-        if key in settings and not settings[key] >= 0:
-            raise ValueError(f"loss {name!r}: {key} must be >= 0, got {settings[key]}")
-    if "value_lr" in settings and not settings["value_lr"] > 0:
-        raise ValueError(f"loss {name!r}: value_lr must be > 0, got {settings['value_lr']}")
+def _pick(t: Tensor, idx: Tensor) -> Tensor:
+    return t.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
 
 
 def kwise_loss(
-    name: str,
+    params: LossParams,
     policy_logps: Tensor,
     ref_logps: Tensor,
     rewards: Tensor,
     mask: Tensor | None = None,
     n_tokens: Tensor | None = None,
-    **params: float | bool,
-) -> tuple[Tensor, Tensor]:
-    """Any registered loss on K-wise data; the trainer's one entry point.
+) -> LossOutput:
+    """Any offline loss on K-wise data; the trainer's one entry point.
 
+    params: the loss's validated parameters (``train.loss``; for UPO its preference loss's).
     policy_logps, ref_logps, rewards, mask, n_tokens: ``[B, K]`` (n_tokens: completion-token
-    counts of each sequence). ``params`` override the registry defaults. Returns
-    ``(losses [B], counts [B] bool)``; ``losses`` is 0 where ``counts`` is False, so the caller
-    reduces with ``losses.sum() / counts.sum().clamp_min(1)``.
+    counts of each sequence).
 
     - kwise losses run on all valid responses; a row counts if it has >= ``min_k`` of them.
     - pair losses run on ``best_worst_pairs``; a row counts if it has a preference. Preference
@@ -530,44 +410,75 @@ def kwise_loss(
     - ``length_norm`` (ipo): divide each sequence log-ratio by its token count first, TRL's
       ``ipo`` convention; the scale of 1/(2 tau) depends on it.
     """
-    spec = get_loss(name)
-    if spec.kind == "online":
-        raise ValueError(f"loss {name!r} samples its own pairs: it needs train.online: true")
-    if spec.kind == "upo":
-        raise ValueError("loss 'upo' wraps a preference loss: the trainer runs it (align/upo.py)")
-    settings = check_params(name, params)
-    # length_norm is applied here, before the pairing; every other setting goes to the loss.
-    length_norm = bool(settings.pop("length_norm", False))
-    for key in BMC_WEIGHT_PARAMS:  # already applied to the log-probs (bmc_weighted_logps)
-        settings.pop(key, None)
-    fn_params = settings
-
+    if params.kind == "online":
+        raise ValueError(f"loss {params.name!r} samples its own pairs: it needs train.online: true")
+    if params.kind == "upo":
+        raise ValueError("loss 'upo' wraps a preference loss: the trainer runs it (upo.py)")
+    fn, (key, scale) = LOSSES[params.name], _scale(params)
     mask = torch.ones_like(policy_logps, dtype=torch.bool) if mask is None else mask.bool()
-    if spec.kind == "kwise":
-        losses = spec.fn(policy_logps, ref_logps, rewards, mask=mask, **fn_params)
-        counts = mask.sum(-1) >= spec.min_k
-        return torch.where(counts, losses, 0.0), counts
-
     dtype = _compute_dtype(policy_logps.dtype)
     policy = torch.where(mask, policy_logps.to(dtype), 0.0)
     ref = torch.where(mask, ref_logps.to(dtype), 0.0)
-    if length_norm:
-        if n_tokens is None:
-            raise ValueError(
-                f"loss {name!r}: length_norm=True needs n_tokens (tokens per sequence)"
-            )
-        lengths = torch.where(mask, n_tokens, 1).clamp_min(1).to(policy.dtype)
-        policy, ref = policy / lengths, ref / lengths
-    chosen, rejected, counts = best_worst_pairs(rewards, mask)
-
-    def pick(t: Tensor, idx: Tensor) -> Tensor:
-        return t.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
-
-    losses = spec.fn(
-        pick(policy, chosen),
-        pick(policy, rejected),
-        pick(ref, chosen),
-        pick(ref, rejected),
-        **fn_params,
+    chosen, rejected, has_preference = best_worst_pairs(rewards, mask)
+    if params.kind == "kwise":
+        losses = fn(
+            policy_logps,
+            ref_logps,
+            rewards,
+            mask=mask,
+            beta=params.beta,
+            alpha=params.alpha,
+            tie_break_first=params.tie_break_first,
+        )
+        counts = mask.sum(-1) >= params.min_k
+    else:
+        if isinstance(params, IPOParams) and params.length_norm:
+            if n_tokens is None:
+                raise ValueError(
+                    f"loss {params.name!r}: length_norm=True needs n_tokens (tokens per sequence)"
+                )
+            lengths = torch.where(mask, n_tokens, 1).clamp_min(1).to(policy.dtype)
+            policy, ref = policy / lengths, ref / lengths
+        losses = fn(
+            _pick(policy, chosen),
+            _pick(policy, rejected),
+            _pick(ref, chosen),
+            _pick(ref, rejected),
+            **{key: scale},
+        )
+        counts = has_preference
+    log_ratio = (policy - ref).detach()
+    return LossOutput(
+        torch.where(counts, losses, 0.0),
+        counts,
+        scale * _pick(log_ratio, chosen),
+        scale * _pick(log_ratio, rejected),
+        has_preference,
+        chosen,
+        rejected,
     )
-    return torch.where(counts, losses, 0.0), counts
+
+
+def online_loss(
+    params: LossParams, policy_logps: Tensor, ref_logps: Tensor, label: Tensor
+) -> Tensor:
+    """An online loss on sampled pairs; the online trainer's one entry point.
+
+    policy_logps, ref_logps: ``[B, 2]`` summed log-probs of (y, y'); label ``[B]`` = P(y > y').
+    ``beta`` (the mixture weight) only steers sampling and is not used here. Contrastive losses
+    use the soft-label form ``p l(y, y') + (1 - p) l(y', y)``; ``nash_md_pg`` uses y alone (its
+    opponent enters through p). Returns ``[B]``.
+    """
+    if params.kind != "online":
+        raise ValueError(f"loss {params.name!r} is not an online loss")
+    fn = LOSSES[params.name]
+    if params.name == "nash_md_pg":
+        return fn(policy_logps[:, 0], ref_logps[:, 0], label=label, tau=params.tau)
+    return fn(
+        policy_logps[:, 0],
+        policy_logps[:, 1],
+        ref_logps[:, 0],
+        ref_logps[:, 1],
+        label=label,
+        tau=params.tau,
+    )

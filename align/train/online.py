@@ -1,10 +1,10 @@
-"""Online alignment: every step samples a pair per prompt, labels it and updates (spec section 2).
+"""Online alignment: every step samples a pair per prompt, labels it and updates.
 
-For each prompt x of a step, y and y' are drawn without gradient from `align.mixture`:
+For each prompt x of a step, y and y' are drawn without gradient from `align.generate.mixture`:
 online_ipo, online_dpo and online_slic draw both from the policy; ipo_md both from the
 geometric mixture with weight `beta` on the reference; nash_md_pg y from the policy and its
 opponent y' from the mixture. p = P(y > y') comes from `train.preference`, and
-`align.losses.online_loss` takes the policy's (with gradient) and the reference's summed
+`align.train.losses.online_loss` takes the policy's (with gradient) and the reference's summed
 log-probs of the pair. The step's loss is the mean over its prompts.
 
 Same run layout as the offline trainer (which this class extends for checkpoints and resume):
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from align.config import PipelineConfig
+from align.config.losses import LossParams
 from align.data.records import RESERVED
 from align.generate.mixture import sample_mixture
 from align.model.loading import load_model, load_tokenizer
@@ -49,10 +50,10 @@ ONLINE_LOG_KEYS = (
 )
 
 
-def mixture_weights(loss: str, params: dict) -> tuple[float, float]:
+def mixture_weights(params: LossParams) -> tuple[float, float]:
     """Weight of the reference in the sampling mixture of (y, y') for an online loss."""
-    beta = float(params.get("beta", 0.0))  # losses without beta sample the policy
-    return (0.0, beta) if loss == "nash_md_pg" else (beta, beta)
+    beta = getattr(params, "beta", 0.0)  # losses without beta sample the policy
+    return (0.0, beta) if params.name == "nash_md_pg" else (beta, beta)
 
 
 class OnlineTrainer(Trainer):
@@ -88,7 +89,7 @@ class OnlineTrainer(Trainer):
             [],
         )
         self.ref.to(self.acc.device)
-        self.loss_name, self.loss_params = cfg.train.loss.name, cfg.train.loss.params()
+        self.loss = cfg.train.loss
         self.preference = Preference(cfg.train.preference)
         self.ref_texts: dict[int, str] = {}
 
@@ -134,7 +135,7 @@ class OnlineTrainer(Trainer):
     # ---- one optimizer step --------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         local = self.tc.batch_size * self.tc.grad_accum
-        w_y, w_opp = mixture_weights(self.loss_name, self.loss_params)
+        w_y, w_opp = mixture_weights(self.loss)
         sums = dict.fromkeys(ONLINE_LOG_KEYS, 0.0)
         sample_s = tokens = n_seq = 0
         micro_batches = self._micro_batches()
@@ -167,7 +168,7 @@ class OnlineTrainer(Trainer):
             ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
             with ctx, self.acc.autocast():
                 policy = self._sequence_logps(groups)[0].view(-1, 2).double()
-                losses = online_loss(self.loss_name, policy, ref, label, **self.loss_params)
+                losses = online_loss(self.loss, policy, ref, label)
                 self.acc.backward(losses.sum() / local)
             lengths = [len(y) + len(o) for y, o in zip(ys, opps, strict=True)]
             tokens += sum(lengths) + sum(len(self.prompts[i]) for i in idx)

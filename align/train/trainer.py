@@ -11,10 +11,13 @@ precomputed from annotate.
 
 Two losses change the step (docs/bmc-upo.md):
 - BMC (`dpo_bmc`, `ipo_bmc`, `nca_pair_bmc`): per-token policy log-probs are weighted by the
-  rewrite stage's diff masks (`align.bmc.bmc_batch_logps`) before the pair loss.
+  rewrite stage's diff masks (`align.train.bmc.bmc_batch_logps`) before the pair loss.
 - UPO (`upo`): the wrapped preference loss plus the advantage-weighted auxiliary term and the
-  expectile loss of a value head (`align.upo`); the head is trained with its own learning rate
+  expectile loss of a value head (`align.train.upo`); the head is trained with its own learning rate
   and saved in every checkpoint (`value_head.safetensors`) and beside the final model.
+
+Checkpoints and resume are align/train/checkpoint.py; the loss and its parameters are
+`train.loss` (align/config/losses.py) run by `align.train.losses.kwise_loss`.
 """
 
 from __future__ import annotations
@@ -22,22 +25,20 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from align.config import PipelineConfig
 from align.config.accelerate import SHARDED
+from align.config.losses import LossParams, UPOParams
 from align.core.errors import AlignError
-from align.core.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
-from align.data.pairing import best_worst_pairs
+from align.core.io import atomic_dir, atomic_write_json, atomic_write_text
 from align.model.loading import load_model, load_tokenizer
 from align.model.logprobs import (
     model_sequence_logps,
@@ -46,12 +47,12 @@ from align.model.logprobs import (
     shared_prompt_token_logps,
 )
 from align.model.tokenize import encode_record
+from align.train import checkpoint
 from align.train.bmc import bmc_batch_logps
-from align.train.losses import get_loss, kwise_loss
+from align.train.losses import LossOutput, kwise_loss
 from align.train.precision import MasterWeights, weights_dtype
 from align.train.upo import ValueHead, prompt_hidden, upo_loss
 
-VALUE_HEAD = "value_head.safetensors"  # UPO: beside trainable.safetensors and the final model
 UPO_KEYS = (
     "upo/total",
     "upo/actor",
@@ -84,7 +85,7 @@ def build_examples(
     records: list[dict], tokenizer: PreTrainedTokenizerBase, cfg: PipelineConfig
 ) -> list[Example]:
     """Tokenise annotated records; checks K against the loss's minimum."""
-    spec = get_loss(cfg.train.loss.name)
+    spec = cfg.train.loss
     examples = []
     for rec in records:
         if "ref_logps" not in rec:
@@ -114,7 +115,7 @@ def build_examples(
     return examples
 
 
-def _check_extras(rec: dict, spec, lengths: list[int]) -> None:
+def _check_extras(rec: dict, spec: LossParams, lengths: list[int]) -> None:
     """BMC records need diff masks and per-token reference log-probs that cover exactly the
     response tokens; UPO records need aux rewards."""
     if spec.token_weights == "bmc":
@@ -191,7 +192,7 @@ def trainable_policy(model: PreTrainedModel, cfg: PipelineConfig) -> PreTrainedM
 
 
 class Trainer:
-    """Offline training on annotated records. Subclasses (align/online.py) share the run
+    """Offline training on annotated records. Subclasses (align/train/online.py) share the run
     layout: `_start`, `_optimize`, checkpoints and resume, the loop and `finish`; they set
     `log_keys` and `progress` and supply `train_step`, `_postfix` and `_run_metrics`."""
 
@@ -205,20 +206,22 @@ class Trainer:
         self.tokenizer = load_tokenizer(model_path)
         self.examples = build_examples(records, self.tokenizer, cfg)
         model = trainable_policy(load_model(model_path, self.weights_dtype, self.tc.attention), cfg)
-        self.spec = get_loss(cfg.train.loss.name)
-        self.loss_params = cfg.train.loss.params()
+        self.loss = cfg.train.loss
         value_groups: list[dict] = []
-        if self.spec.kind == "upo":
+        if isinstance(self.loss, UPOParams):
             self.value_head = ValueHead(model.config.hidden_size).to(model.device).train()
             value_groups.append(
                 {
                     "params": list(self.value_head.parameters()),
-                    "lr": float(self.loss_params["value_lr"]),
+                    "lr": self.loss.value_lr,
                     "weight_decay": 0.0,
                 }
             )
         self._optimize(model, value_groups)
-        self.pref_name, self.pref_params = self._preference_loss()
+        # what `kwise_loss` runs: the configured loss, or for UPO the wrapped preference loss
+        self.pref_loss = (
+            self.loss.preference_params() if isinstance(self.loss, UPOParams) else self.loss
+        )
 
     def _start(self, cfg: PipelineConfig, out: Path, stage_hash: str) -> None:
         """The run's settings, its `Accelerator` (bf16 autocast when `train.precision` says so)
@@ -267,133 +270,49 @@ class Trainer:
         else:
             self.model, self.optimizer = self.acc.prepare(model, optimizer)
 
-    def _preference_loss(self) -> tuple[str, dict]:
-        """The loss the trainer feeds to `kwise_loss`: the configured one, or for UPO the
-        wrapped preference loss with the UPO keys it shares (its own defaults otherwise)."""
-        if self.spec.kind != "upo":
-            return self.spec.name, self.loss_params
-        name = str(self.loss_params["preference"])
-        shared = {k: v for k, v in self.loss_params.items() if k in get_loss(name).params}
-        return name, shared
-
-    # ---- checkpoints -------------------------------------------------------------------
-    def _ckpt_dir(self, step: int) -> Path:
-        return self.out / "checkpoints" / f"step-{step:06d}"
-
-    def _trainable_weights(self) -> dict[str, torch.Tensor]:
-        """The trainable weights, whole on the main process. Every process must call it: FSDP
-        and ZeRO-3 shard the weights, and gathering them is collective."""
-        if self.acc.distributed_type in SHARDED:  # full fine-tuning: align.config refuses LoRA
-            return {n: t.contiguous() for n, t in self.acc.get_state_dict(self.model).items()}
-        if self.master is not None:
-            return self.master.state_dict()
-        model = self.acc.unwrap_model(self.model)
-        return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
+    # ---- checkpoints (align/train/checkpoint.py) ----------------------------------------
     def save_checkpoint(self) -> None:
-        weights = self._trainable_weights()
+        weights = checkpoint.trainable_weights(self.acc, self.model, self.master)
         if not self.acc.is_main_process:
             return
-        with atomic_dir(self._ckpt_dir(self.step)) as tmp:
-            save_file(weights, tmp / "trainable.safetensors")
-            self._save_value_head(tmp)
-            torch.save(
-                {
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                },
-                tmp / "optimizer.pt",
-            )
-            atomic_write_json(
-                tmp / "state.json", {"step": self.step, "stage_hash": self.stage_hash}
-            )
-        kept = sorted((self.out / "checkpoints").glob("step-*"))
-        for old in kept[: -self.tc.keep_checkpoints]:
-            shutil.rmtree(old)
-
-    def _save_value_head(self, folder: Path) -> None:
-        if self.value_head is not None:
-            head = self.acc.unwrap_model(self.value_head)
-            save_file(
-                {k: v.detach().contiguous() for k, v in head.state_dict().items()},
-                folder / VALUE_HEAD,
-            )
-
-    def _checkpoint_step(self, ckpt: Path) -> int:
-        """The step of a complete checkpoint folder of this configuration; a foreign or unreadable
-        one is refused in one line (never resumed from, never silently skipped)."""
-        try:
-            state = read_json(ckpt / "state.json")
-            step, stage_hash = int(state["step"]), state["stage_hash"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AlignError(
-                f"{ckpt}: unreadable checkpoint ({type(exc).__name__}); delete this folder to "
-                "resume from an earlier checkpoint or start over"
-            ) from None
-        if stage_hash != self.stage_hash:
-            raise AlignError(
-                f"{ckpt}: checkpoint of another configuration (stage hash {str(stage_hash)[:12]}, "
-                f"this run {self.stage_hash[:12]}); delete {ckpt.parent} to train from scratch"
-            )
-        return step
-
-    def _load_checkpoint(self, ckpt: Path) -> None:
-        model = self.acc.unwrap_model(self.model)
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        try:
-            weights = load_file(ckpt / "trainable.safetensors")
-            missing = model.load_state_dict(weights, strict=False)
-            if missing.unexpected_keys or trainable - set(weights):
-                raise ValueError("its parameter names differ from this model's")
-            if self.master is not None:
-                self.master.load_state_dict(weights)
-            if self.value_head is not None:
-                self.acc.unwrap_model(self.value_head).load_state_dict(load_file(ckpt / VALUE_HEAD))
-            # weights_only: tensors and plain containers, never arbitrary pickled objects
-            state = torch.load(ckpt / "optimizer.pt", weights_only=True)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"])
-        except Exception as exc:  # safetensors, pickle and shape errors all mean: unusable
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-            raise AlignError(
-                f"{ckpt}: checkpoint does not fit this model or is damaged "
-                f"({type(exc).__name__}: {first}); delete {ckpt.parent} to train from scratch"
-            ) from None
+        checkpoint.save_checkpoint(
+            self.out,
+            self.step,
+            self.stage_hash,
+            self.tc.keep_checkpoints,
+            acc=self.acc,
+            weights=weights,
+            value_head=self.value_head,
+            training_state={
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+            },
+        )
 
     def try_resume(self) -> None:
-        """Continue from the newest complete checkpoint of this exact configuration, if any.
-
-        Checkpoint folders appear only whole (atomic rename), so the newest one is complete;
-        log lines after its step (a step that ran but was not saved, or a torn last line) are
-        dropped: the log has no gap and no duplicate."""
-        for partial in (self.out / "checkpoints").glob(".step-*"):
-            shutil.rmtree(partial, ignore_errors=True)  # half-written by a killed run
-        ckpts = sorted((self.out / "checkpoints").glob("step-*"))
-        steps = [self._checkpoint_step(c) for c in ckpts]
-        if not ckpts:
+        """Continue from the newest complete checkpoint of this exact configuration, if any;
+        log lines after its step are dropped: the log has no gap and no duplicate."""
+        found = checkpoint.latest_checkpoint(self.out, self.stage_hash)
+        if found is None:
             return
-        latest = ckpts[-1]
+        latest, step = found
         if self.acc.distributed_type in SHARDED:
             raise AlignError(
                 f"{latest}: resuming an FSDP or DeepSpeed run is not supported (its optimizer "
                 f"state is sharded); delete {latest.parent} to train from scratch"
             )
-        self._load_checkpoint(latest)
-        self.step = steps[-1]
-        log = self.out / "log.jsonl"
-        if log.exists():
-            kept = []
-            for line in log.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # torn by the kill
-                step = row.get("step") if isinstance(row, dict) else None
-                if isinstance(step, int) and step <= self.step:
-                    kept.append(line)
-            atomic_write_text(log, "".join(ln + "\n" for ln in kept))
+        checkpoint.load_checkpoint(
+            latest,
+            self.acc,
+            self.model,
+            self.master,
+            self.value_head,
+            self.optimizer,
+            self.scheduler,
+        )
+        self.step = step
+        checkpoint.trim_log(self.out / "log.jsonl", self.step)
         tqdm.write(f"resuming from {latest} (step {self.step}/{self.total_steps})")
 
     # ---- one optimizer step --------------------------------------------------------------
@@ -427,7 +346,7 @@ class Trainer:
         """(policy log-probs [N], BMC-weighted reference log-probs [N] or None, token counts
         [N]) of every row, flattened in example order."""
         groups = [(e.prompt, e.responses) for e in batch]
-        if self.spec.token_weights != "bmc":
+        if self.loss.token_weights != "bmc":
             logps, counts = self._sequence_logps(groups)
             return logps, None, counts
         if self._share_prompt:
@@ -439,8 +358,8 @@ class Trainer:
             r_mask,
             [m for e in batch for m in e.diff_masks],
             [lp for e in batch for lp in e.ref_token_logps],
-            delta=float(self.loss_params["delta"]),
-            ref_weights=self.loss_params["ref_weights"],
+            delta=self.loss.delta,
+            ref_weights=self.loss.ref_weights,
         )
         return policy, ref, r_mask.sum(-1)
 
@@ -454,7 +373,7 @@ class Trainer:
     ):
         """UPO's objective for one micro-batch: `upo_loss` over every valid response, the
         value head reading each prompt's last hidden state. policy, n_tok, mask: [B, K]."""
-        p = self.loss_params
+        p = self.loss
         hidden = prompt_hidden(self.model, [e.prompt for e in batch], self.tokenizer.pad_token_id)
         values = self.value_head(hidden.float())  # [B]
         aux = torch.zeros(mask.shape, dtype=torch.float64, device=policy.device)
@@ -466,16 +385,15 @@ class Trainer:
             aux[mask],
             values.unsqueeze(1).expand(mask.shape)[mask],
             step=self.step,
-            gamma=float(p["gamma"]),
-            lam=float(p["lambda"]),
-            value_coef=float(p["value_coef"]),
-            expectile=float(p["expectile"]),
-            aux_warmup_steps=int(p["aux_warmup_steps"]),
-            max_weight=float(p["max_weight"]) or None,
+            gamma=p.gamma,
+            lam=p.lambda_,
+            value_coef=p.value_coef,
+            expectile=p.expectile,
+            aux_warmup_steps=p.aux_warmup_steps,
+            max_weight=p.max_weight or None,  # 0: no clip
         ), aux[mask]
 
     def train_step(self) -> dict[str, float]:
-        beta = float(self.pref_params.get("beta", 1.0))
         sums = dict.fromkeys(LOG_KEYS, 0.0)
         upo_sums = dict.fromkeys(UPO_KEYS, 0.0)
         n_pref = tokens = 0
@@ -493,15 +411,10 @@ class Trainer:
                 n_tok = _scatter(counts.double(), mask_d)
                 if weighted_ref is not None:
                     ref = _scatter(weighted_ref.double(), mask_d).cpu()
-                losses, _ = kwise_loss(
-                    self.pref_name,
-                    policy,
-                    ref.to(device),
-                    rewards.to(device),
-                    mask_d,
-                    n_tokens=n_tok,
-                    **self.pref_params,
+                out = kwise_loss(
+                    self.pref_loss, policy, ref.to(device), rewards.to(device), mask_d, n_tok
                 )
+                losses = out.losses
                 objective = losses.sum() / local
                 if self.value_head is not None:
                     terms, aux = self._upo_terms(batch, policy, n_tok, mask_d, losses)
@@ -513,7 +426,7 @@ class Trainer:
                 self.acc.backward(objective)
             tokens += sum(len(p) + len(r) for p, r in pairs)
             sums["loss"] += losses.detach().sum().item()
-            n_pref += _add_pair_stats(sums, policy.detach().cpu(), ref, rewards, mask, beta)
+            n_pref += _add_pair_stats(sums, out, policy.detach().cpu())
         grad_norm = self._optimizer_step()
         world = self.acc.num_processes
         total = self._sum_over_processes({**sums, **upo_sums, "n_pref": n_pref, "tokens": tokens})
@@ -526,7 +439,7 @@ class Trainer:
         if self.value_head is not None:
             row.update(
                 {k: total[k] / world for k in UPO_KEYS},
-                **{"upo/actor_on": self.step >= self.loss_params["aux_warmup_steps"]},
+                **{"upo/actor_on": self.step >= self.loss.aux_warmup_steps},
             )
         return row
 
@@ -615,7 +528,7 @@ class Trainer:
         with atomic_dir(self.out / "model") as tmp:
             model.save_pretrained(tmp, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
-            self._save_value_head(tmp)
+            checkpoint.save_value_head(self.acc, self.value_head, tmp)
         keys = ["step", *self.log_keys, "lr"]
         csv = (
             ",".join(keys)
@@ -635,25 +548,17 @@ class Trainer:
         return metrics
 
 
-def _add_pair_stats(
-    sums: dict[str, float],
-    policy: torch.Tensor,
-    ref: torch.Tensor,
-    rewards: torch.Tensor,
-    mask: torch.Tensor,
-    beta: float,
-) -> int:
+def _add_pair_stats(sums: dict[str, float], out: LossOutput, policy: torch.Tensor) -> int:
     """Add the logging sums of the rows that have a preference (chosen = highest reward,
-    rejected = lowest, as `best_worst_pairs` pairs them); returns how many rows counted."""
-    best, worst, has = best_worst_pairs(rewards, mask)
+    rejected = lowest, as `best_worst_pairs` pairs them): the loss's implicit rewards and the
+    policy log-probs `policy` [B, K] (on the CPU); returns how many rows counted."""
+    has = out.has_preference.cpu()
     if not has.any():
         return 0
-    rows = torch.arange(len(rewards))[has]
-    best, worst = best[has], worst[has]
-    implicit = beta * (policy - ref)
-    rc, rr = implicit[rows, best], implicit[rows, worst]
-    sums["logps/chosen"] += policy[rows, best].sum().item()
-    sums["logps/rejected"] += policy[rows, worst].sum().item()
+    rows = torch.arange(len(has))[has]
+    rc, rr = out.chosen_rewards.cpu()[has], out.rejected_rewards.cpu()[has]
+    sums["logps/chosen"] += policy[rows, out.chosen.cpu()[has]].sum().item()
+    sums["logps/rejected"] += policy[rows, out.rejected.cpu()[has]].sum().item()
     sums["rewards/chosen"] += rc.sum().item()
     sums["rewards/rejected"] += rr.sum().item()
     sums["rewards/margin"] += (rc - rr).sum().item()

@@ -7,7 +7,7 @@ Optimization"), arXiv 2405.17956, objective of the ICLR-2025 version:
         + gamma * mean_j[ -exp(lam * (R_j - sg[V(x_j)])) * log pi(y_j | x_j) / |y_j| ]
         + c_V   * mean_j[ L2_tau(R_j - V(x_j)) ]
 
-``L_pref`` is any registered loss (``align.losses``). ``R`` is the designer's auxiliary reward
+``L_pref`` is any registered loss (align/train/losses.py). ``R`` is the designer's auxiliary reward
 of each dataset response (chosen and rejected alike), computed offline. ``V`` is a small value
 head on the detached hidden state of the last prompt token, trained by expectile regression, so
 the value loss never reaches the language model and the actor term never reaches the value head.
@@ -65,7 +65,7 @@ def last_prompt_hidden(hidden_states: Tensor, last_prompt_index: Tensor) -> Tens
     return hidden_states[rows, last_prompt_index.long()]
 
 
-def expectile_loss(u: Tensor, tau: float = 0.7) -> Tensor:
+def expectile_loss(u: Tensor, tau: float) -> Tensor:
     """Expectile regression ``|tau - 1(u < 0)| * u^2`` per element (``u = R - V``).
 
     tau=0.5 is half the squared error (fits the mean); tau > 0.5 weighs under-estimates more,
@@ -82,7 +82,7 @@ def upo_aux_loss(
     aux_rewards: Tensor,
     values: Tensor,
     *,
-    lam: float = 5.0,
+    lam: float,
     max_weight: float | None = None,
 ) -> Tensor:
     """Advantage-weighted log-likelihood ``-exp(lam * (R - sg[V])) * mean_logps`` per example.
@@ -117,22 +117,20 @@ def upo_loss(
     values: Tensor,
     *,
     step: int,
-    gamma: float = 0.5,
-    lam: float = 5.0,
-    value_coef: float = 0.1,
-    expectile: float = 0.7,
-    aux_warmup_steps: int = 100,
-    max_weight: float | None = None,
+    gamma: float,
+    lam: float,
+    value_coef: float,
+    expectile: float,
+    aux_warmup_steps: int,
+    max_weight: float | None,
 ) -> UPOLoss:
     """``pref + gamma * actor + value_coef * value``, with the actor term off while warming up.
 
     pref_loss: the preference loss, a scalar or per-example losses (averaged here).
     mean_logps, aux_rewards, values: ``[N]`` over the dataset responses of the batch (chosen
     and rejected alike). ``step`` is the optimiser step; the actor term joins the total from
-    ``step >= aux_warmup_steps``.
-
-    Defaults: gamma 0.5, lam 5 and value_coef 0.1 from the paper; expectile 0.7 and the
-    100 warm-up steps are the spec's choices (the paper gives no tau).
+    ``step >= aux_warmup_steps``. ``max_weight`` None: no clip. The settings and their
+    defaults are ``train.loss`` (align/config/losses.py, UPOParams).
     """
     pref = pref_loss.mean() if pref_loss.dim() > 0 else pref_loss
     actor = upo_aux_loss(mean_logps, aux_rewards, values, lam=lam, max_weight=max_weight).mean()

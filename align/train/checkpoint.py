@@ -1,0 +1,161 @@
+"""Checkpoints of a training run: save, find the newest of this configuration, load, and trim the
+log back to it.
+
+A checkpoint is a folder `<out>/checkpoints/step-NNNNNN/` holding `trainable.safetensors` (the
+trainable weights: LoRA adapters or all), `value_head.safetensors` (UPO only), `optimizer.pt`
+(optimizer, schedule and torch RNG state) and `state.json` (step and stage hash). Folders appear
+only whole (written under a temporary name, then renamed), so the newest one is complete; the
+oldest beyond `train.keep_checkpoints` are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from align.config.accelerate import SHARDED
+from align.core.errors import AlignError
+from align.core.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from align.train.precision import MasterWeights
+
+VALUE_HEAD = "value_head.safetensors"  # UPO: beside trainable.safetensors and the final model
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step-{step:06d}"
+
+
+def trainable_weights(
+    acc: Accelerator, model: nn.Module, master: MasterWeights | None
+) -> dict[str, torch.Tensor]:
+    """The trainable weights, whole on the main process. Every process must call it: FSDP and
+    ZeRO-3 shard the weights, and gathering them is collective."""
+    if acc.distributed_type in SHARDED:  # full fine-tuning: align.config refuses LoRA
+        return {n: t.contiguous() for n, t in acc.get_state_dict(model).items()}
+    if master is not None:
+        return master.state_dict()
+    model = acc.unwrap_model(model)
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_value_head(acc: Accelerator, value_head: nn.Module | None, folder: Path) -> None:
+    """UPO's value head as `folder/value_head.safetensors`; nothing without one."""
+    if value_head is not None:
+        head = acc.unwrap_model(value_head)
+        save_file(
+            {k: v.detach().contiguous() for k, v in head.state_dict().items()}, folder / VALUE_HEAD
+        )
+
+
+def save_checkpoint(
+    out: Path,
+    step: int,
+    stage_hash: str,
+    keep: int,
+    *,
+    acc: Accelerator,
+    weights: dict[str, torch.Tensor],
+    value_head: nn.Module | None,
+    training_state: dict[str, Any],
+) -> None:
+    """Write the checkpoint of `step` (main process only) and delete all but the newest `keep`.
+
+    weights: `trainable_weights`; training_state: what `optimizer.pt` holds (optimizer,
+    scheduler and rng state dicts)."""
+    with atomic_dir(checkpoint_dir(out, step)) as tmp:
+        save_file(weights, tmp / "trainable.safetensors")
+        save_value_head(acc, value_head, tmp)
+        torch.save(training_state, tmp / "optimizer.pt")
+        atomic_write_json(tmp / "state.json", {"step": step, "stage_hash": stage_hash})
+    kept = sorted((out / "checkpoints").glob("step-*"))
+    for old in kept[:-keep]:
+        shutil.rmtree(old)
+
+
+def checkpoint_step(ckpt: Path, stage_hash: str) -> int:
+    """The step of a complete checkpoint folder of this configuration; a foreign or unreadable one
+    is refused in one line (never resumed from, never silently skipped)."""
+    try:
+        state = read_json(ckpt / "state.json")
+        step, saved_hash = int(state["step"]), state["stage_hash"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AlignError(
+            f"{ckpt}: unreadable checkpoint ({type(exc).__name__}); delete this folder to "
+            "resume from an earlier checkpoint or start over"
+        ) from None
+    if saved_hash != stage_hash:
+        raise AlignError(
+            f"{ckpt}: checkpoint of another configuration (stage hash {str(saved_hash)[:12]}, "
+            f"this run {stage_hash[:12]}); delete {ckpt.parent} to train from scratch"
+        )
+    return step
+
+
+def latest_checkpoint(out: Path, stage_hash: str) -> tuple[Path, int] | None:
+    """The newest checkpoint folder and its step, None without one. Half-written folders of a
+    killed run are removed; every folder must belong to this configuration."""
+    for partial in (out / "checkpoints").glob(".step-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    steps = [checkpoint_step(c, stage_hash) for c in ckpts]
+    return (ckpts[-1], steps[-1]) if ckpts else None
+
+
+def load_checkpoint(
+    ckpt: Path,
+    acc: Accelerator,
+    model: nn.Module,
+    master: MasterWeights | None,
+    value_head: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> None:
+    """Load weights, value head, optimizer, schedule and RNG state from `ckpt`; a checkpoint that
+    does not fit the model or is damaged is refused in one line."""
+    model = acc.unwrap_model(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    try:
+        weights = load_file(ckpt / "trainable.safetensors")
+        missing = model.load_state_dict(weights, strict=False)
+        if missing.unexpected_keys or trainable - set(weights):
+            raise ValueError("its parameter names differ from this model's")
+        if master is not None:
+            master.load_state_dict(weights)
+        if value_head is not None:
+            acc.unwrap_model(value_head).load_state_dict(load_file(ckpt / VALUE_HEAD))
+        # weights_only: tensors and plain containers, never arbitrary pickled objects
+        state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+    except Exception as exc:  # safetensors, pickle and shape errors all mean: unusable
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise AlignError(
+            f"{ckpt}: checkpoint does not fit this model or is damaged "
+            f"({type(exc).__name__}: {first}); delete {ckpt.parent} to train from scratch"
+        ) from None
+
+
+def trim_log(log: Path, step: int) -> None:
+    """Keep the log lines of steps up to `step`: a step that ran after the checkpoint but was not
+    saved, or a line torn by the kill, is dropped, so the resumed log has no gap and no
+    duplicate."""
+    if not log.exists():
+        return
+    kept = []
+    for line in log.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # torn by the kill
+        row_step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(row_step, int) and row_step <= step:
+            kept.append(line)
+    atomic_write_text(log, "".join(ln + "\n" for ln in kept))
