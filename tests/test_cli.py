@@ -78,15 +78,16 @@ def test_parameter_of_another_loss_after_set(capsys: pytest.CaptureFixture[str])
     # quickstart sets nca's alpha, so switching only the name leaves a parameter dpo lacks
     assert main(["validate", str(QUICKSTART), "--set", "train.loss.name=dpo"]) == 2
     assert error_line(capsys) == (
-        f"error: {QUICKSTART}: train.loss: unknown parameter 'alpha' for loss 'dpo'; valid: beta"
+        f"error: {QUICKSTART}: train.loss.alpha: unknown key; valid keys here: name, beta"
     )
 
 
 def test_unknown_loss_from_set(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(QUICKSTART), "--set", "train.loss.name=ncaa"]) == 2
     line = error_line(capsys)
-    assert line.startswith(f"error: {QUICKSTART}: train.loss: unknown loss 'ncaa'; valid: ")
-    assert line.endswith("(did you mean 'nca'?)")
+    assert line.startswith(
+        f"error: {QUICKSTART}: train.loss.name: unknown loss 'ncaa' (did you mean 'nca'?); valid: "
+    )
 
 
 def test_malformed_set(capsys: pytest.CaptureFixture[str]) -> None:
