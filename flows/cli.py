@@ -4,11 +4,13 @@ dvc (write dvc.yaml from a pipeline), plots (the DVC plots as an offline HTML pa
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 from align.config import load_pipeline
+from align.config.losses import loss_parameters
 from align.core.errors import AlignError
 from align.core.io import atomic_write_text
 
@@ -38,6 +40,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.pipeline}: ok — pipeline {cfg.name!r}, loss {cfg.train.loss.name}, "
         f"stages: {' -> '.join(active_stages(cfg))}"
     )
+    values = cfg.train.loss.model_dump(by_alias=True)
+    for key, default, reason in loss_parameters(cfg.train.loss.name):
+        note = "default" if values[key] == default else f"default {json.dumps(default)}"
+        print(f"  train.loss.{key} = {json.dumps(values[key])}  ({note}; {reason})")
     return 0
 
 

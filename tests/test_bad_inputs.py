@@ -1,4 +1,4 @@
-"""R4: the bad-input corpus (tests/bad_inputs/cases.yaml) through the real CLI.
+"""The bad-input corpus (tests/bad_inputs/cases.yaml) through the real CLI.
 
 Every case must exit non-zero with exactly one `error:` line on stderr that names the file,
 field or record and says how to fix it, and must leave nothing that looks complete. Cases run

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.cli import main
 
@@ -37,9 +38,20 @@ def test_validate_quickstart(capsys: pytest.CaptureFixture[str]) -> None:
     assert err == ""
     assert out.startswith(f"{QUICKSTART}: ok")
     assert "pipeline 'quickstart', loss nca" in out
-    assert out.rstrip().endswith(
+    assert out.splitlines()[0].endswith(
         "stages: prepare-model -> sample -> annotate -> train -> evaluate -> judge"
     )
+
+
+def test_validate_lists_the_loss_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each parameter of the chosen loss with its value, its default and the default's reason."""
+    assert main(["validate", str(QUICKSTART), "--set", "train.loss.tie_break_first=true"]) == 0
+    out = capsys.readouterr().out
+    assert "  train.loss.beta = 0.1  (default 0.01; " in out  # the quickstart sets beta 0.1
+    assert "  train.loss.tie_break_first = true  (default false; " in out
+    assert main(["validate", str(QUICKSTART), "--set", "train.loss={name: dpo}"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  train.loss.")]
+    assert lines == ["  train.loss.beta = 0.1  (default; TRL DPOConfig default)"]
 
 
 def test_validate_smoke_renames_and_drops_absent_stages(
@@ -48,7 +60,7 @@ def test_validate_smoke_renames_and_drops_absent_stages(
     assert main(["validate", str(NCA_7B), "--smoke"]) == 0
     out = capsys.readouterr().out
     assert "pipeline 'nca-7b-smoke'" in out
-    assert out.rstrip().endswith("stages: prepare-model -> annotate -> train")
+    assert out.splitlines()[0].endswith("stages: prepare-model -> annotate -> train")
 
 
 def test_validate_with_overrides(capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,7 +76,7 @@ def test_validate_with_overrides(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     out = capsys.readouterr().out
     assert "loss dpo" in out
-    assert out.rstrip().endswith("stages: prepare-model -> sample -> annotate -> train")
+    assert out.splitlines()[0].endswith("stages: prepare-model -> sample -> annotate -> train")
 
 
 def test_missing_pipeline_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,3 +198,14 @@ def test_dvc_writes_then_checks(
     assert main(["dvc", "--check", "pipelines/quickstart.yaml", "--output", str(output)]) == 1
     assert "out of date" in capsys.readouterr().out
     assert output.read_text() == "stages: {}\n"  # --check never writes
+
+
+def test_dvc_deps_are_each_stages_own_code() -> None:
+    """dvc.yaml lists the code units the stage hash covers, so `dvc repro` after an edit in
+    align/judging/ re-runs judge only, as `align run` does."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]  # the quickstart judges
+    code = {name: {d for d in s["deps"] if d.startswith("align")} for name, s in stages.items()}
+    assert "align/judging" in code["judge"] and "align/stages/judge.py" in code["judge"]
+    assert not any("judging" in d for name in ("sample", "annotate", "train") for d in code[name])
+    assert "align/train" in code["train"] and "align/train" not in code["annotate"]
+    assert all("align/core" in deps and "align/__init__.py" in deps for deps in code.values())

@@ -1,4 +1,4 @@
-"""R1 and R2: stages killed with SIGKILL resume without losing or repeating work.
+"""Stages killed with SIGKILL resume without losing or repeating work.
 
 R1: `align stage ... train` is killed inside gradient accumulation at a random step after a
 checkpoint; the resumed run ends at the same weights as an uninterrupted one and its per-step

@@ -1,4 +1,4 @@
-"""R6: safe loading. YAML through a SafeLoader, weights only as safetensors, pickles only with
+"""Safe loading. YAML through a SafeLoader, weights only as safetensors, pickles only with
 `weights_only=True`, no code from model folders, and output folders inside the project.
 
 The corpus (tests/bad_inputs/cases.yaml) covers the same ground through the CLI: a

@@ -1,4 +1,4 @@
-"""R5: an API key reaches the judge server and nothing else.
+"""An API key reaches the judge server and nothing else.
 
 A judged pipeline runs through `align run` with Prefect (ephemeral, PREFECT_HOME and the model
 and judgment caches inside the project) against a loopback OpenAI-compatible server; its key

@@ -2,7 +2,7 @@
 
 Every model forbids unknown keys (a typo is an error, never a silent default); closed
 vocabularies are Literals. Defaults follow FastChat's MT-Bench and AlpacaEval 2 where those
-define one (ALGORITHMS.md §6); the comment beside each field says where it comes from.
+define one; the comment beside each field says where it comes from.
 """
 
 from __future__ import annotations

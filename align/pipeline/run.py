@@ -24,7 +24,6 @@ from align.core.io import (
     read_json,
     sha256_text,
 )
-from align.core.runtime import prepare_process
 from align.pipeline.code import stage_code_version
 from align.pipeline.graph import (
     MANIFEST,
@@ -35,7 +34,6 @@ from align.pipeline.graph import (
     plan,
     stage_folder,
 )
-from align.stages import RUNNERS
 
 
 def stage_lock_path(cfg: PipelineConfig, name: str) -> Path:
@@ -104,6 +102,11 @@ def _run_unlocked(
     upstream = {
         u: read_json(plans[u].folder / MANIFEST) for u in STAGES[name].upstream if u in plans
     }
+    # torch, transformers and the trainers take ~3 s to import: `align plan`, `align validate`
+    # and cached stages never pay for that
+    from align.core.runtime import prepare_process
+    from align.stages import RUNNERS
+
     prepare_process(threads)  # torch threads, a heap that keeps freed blocks (core/runtime.py)
     started = time.time()
     summary, requires = RUNNERS[name](cfg, p.folder, upstream, p.stage_hash)
