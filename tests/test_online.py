@@ -213,7 +213,11 @@ def test_tiny_online_pipeline_end_to_end(
 ) -> None:
     """Mixture sampling on a KV cache and training, with either attention of the policy."""
     assert main(["validate", IPO_MD, "--smoke"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("stages: prepare-model -> train -> evaluate")
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[0]
+        .endswith("stages: prepare-model -> train -> evaluate")
+    )
     sets = ["--set", TINY_BT, "--set", "train.rollout.win_rate=true"]
     sets += ["--set", f"train.attention={attention}"]
     assert main(["run", "--no-prefect", IPO_MD, "--smoke", *sets]) == 0
