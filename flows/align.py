@@ -1,9 +1,12 @@
 """The Prefect flow `align`: the pipeline's stages as tasks, submitted as one DAG.
 
 Each task waits for the futures of its upstream stages only (`wait_for`), so stages that need
-nothing of each other (evaluate and judge both read only train's model) run at the same time in
-Prefect's thread-pool task runner. Ordering is still enforced on disk: `run_stage` holds a lock
-per stage and refuses to run while an upstream stage is not current.
+nothing of each other (evaluate and judge both read only train's model) run at the same time.
+Each stage runs in a worker process of its own (Prefect's process-pool task runner), never in a
+thread beside another: torch's default dtype, which transformers changes while it loads a model
+in bf16, and torch's RNG are process-wide, so two stages in threads of one process corrupt each
+other (a float32 model fed bf16 tensors). Ordering is still enforced on disk: `run_stage` holds a
+lock per stage and refuses to run while an upstream stage is not current.
 
 Each task is submitted with its stage hash; an unchanged stage is a cache hit (Prefect's
 task cache) or, when its folder is current, returns at once (the manifest check). Before any
@@ -22,6 +25,7 @@ import torch
 from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
+from prefect.task_runners import ProcessPoolTaskRunner
 
 import flows  # noqa: F401  (pins Prefect settings before Prefect loads)
 from align.config import PipelineConfig, load_pipeline
@@ -69,7 +73,15 @@ def preflight(cfg: PipelineConfig, pipeline: str) -> None:
         )
 
 
-@flow(name="align", log_prints=True)
+# The widest level of the stage DAG: evaluate and judge side by side.
+PARALLEL_STAGES = 2
+
+
+@flow(
+    name="align",
+    log_prints=True,
+    task_runner=ProcessPoolTaskRunner(max_workers=PARALLEL_STAGES),
+)
 def align_flow(
     pipeline: str,
     overrides: list[str] | None = None,
@@ -126,10 +138,10 @@ def thread_shares(plans: list[StagePlan]) -> dict[str, int]:
     """Torch threads per stage: every core, split evenly among the stages to run that the DAG
     lets run beside it (neither upstream nor downstream of it; current stages return at once).
 
-    Stages run in threads of one process, and each sets its own torch thread count before it
-    starts (`run_stage`). Left at every core each, two generation stages side by side run twice
-    as many busy threads as there are cores; on 2 cores that made small matmuls 1.65x slower
-    than one thread each. A stage that ends early does not hand its share on to the other."""
+    Each stage's process sets its torch thread count before the stage starts (`run_stage`).
+    Left at every core each, two generation stages side by side run twice as many busy threads
+    as there are cores; on 2 cores that made small matmuls 1.65x slower than one thread each. A
+    stage that ends early does not hand its share on to the other."""
     cores = len(os.sched_getaffinity(0))
     ancestors: dict[str, set[str]] = {}
     for p in plans:

@@ -24,6 +24,7 @@ PIPELINE = "pipelines/quickstart.yaml"
 # has started, i.e. written its marker with the hash the test expects, and notes what it saw.
 # Evaluate cannot finish before judge starts, so the overlap does not depend on timing.
 PROBE = """
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ def reward(prompts, completions, **columns):
         time.sleep(0.05)
     with open("probe.log", "a") as log:
         log.write(f"judge started while evaluate ran: {started()}\\n")
+        own = multiprocessing.parent_process() is not None  # a worker, not the flow's process
+        log.write(f"evaluate ran in a process of its own: {own}\\n")
     return exact_answer(prompts, completions, **columns)
 """
 PROBE_SET = ["--set", "evaluate.reward.function=overlap_probe:reward"]
@@ -93,10 +96,16 @@ def test_stages_side_by_side_share_the_cores() -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_evaluate_and_judge_run_at_the_same_time(project: Path) -> None:
-    overrides = [PROBE_SET[1]]
+    """Side by side, each stage in a process of its own (evaluate generating in bf16, judge in
+    float32): in threads of one process, transformers' bf16 loading switched the other stage's
+    default dtype mid-run."""
+    overrides = [PROBE_SET[1], "evaluate.dtype=bfloat16"]
     res = _run(project, overrides)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    assert _probe(project) == {"judge started while evaluate ran: True"}
+    assert _probe(project) == {
+        "judge started while evaluate ran: True",
+        "evaluate ran in a process of its own: True",
+    }
     assert all(p.cached for p in _plan(project, overrides).values())
 
 
@@ -116,7 +125,10 @@ def test_a_failed_judge_leaves_evaluate_finished_and_fails_the_flow(project: Pat
     assert res.returncode != 0, logs[-3000:]
     assert "broken.jsonl" in res.stderr, logs[-3000:]
     assert "Finished in state Failed" in logs, logs[-3000:]
-    assert _probe(project) == {"judge started while evaluate ran: True"}
+    assert _probe(project) == {
+        "judge started while evaluate ran: True",
+        "evaluate ran in a process of its own: True",
+    }
     plans = _plan(project, overrides)
     assert (
         plans["evaluate"].cached

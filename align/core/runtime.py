@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 
 import torch
@@ -21,9 +22,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, KEEP_BYTES = -1, -3, 1 << 30
 
 
 def set_threads(n: int | None = None) -> None:
-    """Use `n` threads for torch's operators in the calling thread, default every core the
-    process may run on (torch defaults can undercount in containers). Each thread that runs a
-    stage sets its own: two stages side by side in one process take a share each."""
+    """Use `n` threads for torch's operators, default every core the process may run on (torch
+    defaults can undercount in containers). Two stages side by side, each in its own process,
+    take a share of the cores each (flows/align.py)."""
     n = n or len(os.sched_getaffinity(0))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
@@ -46,3 +47,12 @@ def prepare_process(threads: int | None = None) -> None:
     """What `run_stage` runs before every stage: `set_threads` and `keep_freed_memory`."""
     set_threads(threads)
     keep_freed_memory()
+
+
+def release_memory() -> None:
+    """After a stage: free what it left behind, and hand cached GPU blocks back to the driver.
+    The flow runs stages in reused worker processes (flows/align.py): without this, one
+    worker's cache would keep memory that the stage running in another worker needs."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -2,23 +2,15 @@
 
 Each prompt is encoded once and expanded K-fold inside `generate` (`num_return_sequences=K`).
 The RNG is reseeded per batch from (seed, batch index), so a resumed run draws exactly what an
-uninterrupted one would. The RNG is torch's global one, shared by every thread of the process:
-sampling holds SAMPLING_LOCK from the reseed to the last draw, so a stage sampling beside another
-(the flow runs evaluate and judge at once) draws the same texts as it would alone; greedy
-decoding draws nothing and neither reseeds nor waits.
+uninterrupted one would.
 """
 
 from __future__ import annotations
-
-import contextlib
-import threading
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from align.model.tokenize import prompt_text
-
-SAMPLING_LOCK = threading.Lock()
 
 
 @torch.no_grad()
@@ -41,20 +33,18 @@ def generate(
         model.device
     )
     greedy = temperature == 0
-    with contextlib.nullcontext() if greedy else SAMPLING_LOCK:
-        if not greedy:
-            torch.manual_seed(seed)
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else temperature,
-            top_p=None if greedy else top_p,
-            top_k=None,
-            num_return_sequences=k,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+    torch.manual_seed(seed)
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else temperature,
+        top_p=None if greedy else top_p,
+        top_k=None,
+        num_return_sequences=k,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     new = out[:, enc.input_ids.shape[1] :]
     finished = (new == tokenizer.eos_token_id).any(dim=1).tolist()
     decoded = tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -104,12 +104,15 @@ def _run_unlocked(
     }
     # torch, transformers and the trainers take ~3 s to import: `align plan`, `align validate`
     # and cached stages never pay for that
-    from align.core.runtime import prepare_process
+    from align.core.runtime import prepare_process, release_memory
     from align.stages import RUNNERS
 
     prepare_process(threads)  # torch threads, a heap that keeps freed blocks (core/runtime.py)
     started = time.time()
-    summary, requires = RUNNERS[name](cfg, p.folder, upstream, p.stage_hash)
+    try:
+        summary, requires = RUNNERS[name](cfg, p.folder, upstream, p.stage_hash)
+    finally:
+        release_memory()
     manifest = {
         "stage": name,
         "pipeline": cfg.name,
