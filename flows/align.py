@@ -96,20 +96,21 @@ def align_flow(
     logger = get_run_logger()
     plans = plan(cfg)
     threads = thread_shares(plans)
+    done: dict[str, dict] = {}
     futures = {}
     for p in plans:  # DAG order: a stage's upstream futures exist before it is submitted
         task = STAGE_TASKS[p.name].with_options(refresh_cache=not p.cached)
+        args = (pipeline, overrides, smoke, p.stage_hash, threads[p.name])
+        if p.cached:  # returns its manifest at once and loads nothing: no worker process needed
+            done[p.name] = task(*args)
+            continue
         futures[p.name] = task.submit(
-            pipeline,
-            overrides,
-            smoke,
-            p.stage_hash,
-            threads[p.name],
-            wait_for=[futures[u] for u in STAGES[p.name].upstream if u in futures],
+            *args, wait_for=[futures[u] for u in STAGES[p.name].upstream if u in futures]
         )
     for future in futures.values():  # every branch ends before we look: a failure hides none
         future.wait()
-    manifests = {n: f.result() for n, f in futures.items() if f.state.is_completed()}
+    done |= {n: f.result() for n, f in futures.items() if f.state.is_completed()}
+    manifests = {p.name: done[p.name] for p in plans if p.name in done}
     failed = [n for n in futures if n not in manifests]
     if failed:
         # No report, no kept run, no dvc.lock entry: those describe a whole round (the report's
