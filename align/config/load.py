@@ -15,10 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from align.config.pipeline import (
-    PipelineConfig,
-)
-from align.config.reading import _yaml_problem, parse_yaml, read_yaml
+from align.config.pipeline import PipelineConfig
+from align.config.reading import parse_yaml, read_yaml, yaml_problem
 from align.core.errors import AlignError
 
 # Applied by --smoke before the pipeline's own `smoke.set`: the exact stage structure on the
@@ -39,8 +37,6 @@ SMOKE_PROFILE: dict[str, Any] = {
 
 
 SMOKE_JUDGE = {"kind": "local", "model": "tiny", "max_new_tokens": 8}
-
-
 SMOKE_IF_PRESENT = {
     "sample": {"sample.max_new_tokens": 8, "sample.batch_prompts": 2, "sample.shard_size": 2},
     "evaluate": {"evaluate.max_new_tokens": 8, "evaluate.limit": 4},
@@ -65,7 +61,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key, parse_yaml(value) if value else None
     except yaml.YAMLError as exc:
-        problem = _yaml_problem(exc)[1].removesuffix("; fix the syntax")
+        problem = yaml_problem(exc)[1].removesuffix("; fix the syntax")
         raise AlignError(
             f"--set {text!r}: the value is not valid YAML: {problem}; quote it, "
             "e.g. --set 'train.loss={name: dpo, beta: 0.1}'"

@@ -11,9 +11,7 @@ from pydantic import BaseModel, model_validator
 
 from align.config.base import Strict, inside_project
 from align.config.data import DataConfig
-from align.config.judge import (
-    JudgeConfig,
-)
+from align.config.judge import JudgeConfig
 from align.config.losses import LOSS_MODELS
 from align.config.model import ModelConfig
 from align.config.rewards import RewardConfig

@@ -44,7 +44,7 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
+def yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
     """(' line L, column C' or '', what is wrong and how to fix it) for a YAML error."""
     mark = getattr(exc, "problem_mark", None)
     where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -67,6 +67,6 @@ def read_yaml(path: Path) -> dict:
             f"{path}: not UTF-8 text (byte {exc.start}); save the pipeline as UTF-8"
         ) from None
     except yaml.YAMLError as exc:
-        where, problem = _yaml_problem(exc)
+        where, problem = yaml_problem(exc)
         raise AlignError(f"{path}:{where}: {problem}") from None
     return raw

@@ -10,9 +10,7 @@ import re
 from pydantic import Field, model_validator
 
 from align.config.base import Strict
-from align.config.judge import (
-    JudgeRewardConfig,
-)
+from align.config.judge import JudgeRewardConfig
 
 
 class RewardConfig(Strict):

@@ -9,9 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from align.config.base import Dtype, Strict
-from align.config.judge import (
-    BackendConfig,
-)
+from align.config.judge import BackendConfig
 from align.config.rewards import RewardConfig
 from align.core.packages import installed
 

@@ -70,6 +70,7 @@ class StagePlan:
     outs: list[Out]
     cached: bool
     data_deps: list[str] = field(default_factory=list)
+    config_hash: str = ""  # of the config sections alone (the manifest records it)
 
 
 def _folder_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
@@ -306,6 +307,7 @@ def plan(cfg: PipelineConfig) -> list[StagePlan]:
                 sd.outs(cfg, str(folder)),
                 is_current(folder, stage_hash),
                 sd.data_deps(cfg),
+                sha256_text(canonical_json(config)),
             )
         )
     return plans

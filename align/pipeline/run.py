@@ -18,18 +18,15 @@ from align.core.errors import AlignError
 from align.core.io import (
     atomic_write_json,
     atomic_write_text,
-    canonical_json,
     disk_error,
     exclusive_lock,
     read_json,
-    sha256_text,
 )
 from align.pipeline.code import stage_code_version
 from align.pipeline.graph import (
     MANIFEST,
     MARKER,
     STAGES,
-    _section_value,
     active_stages,
     plan,
     stage_folder,
@@ -117,9 +114,7 @@ def _run_unlocked(
         "stage": name,
         "pipeline": cfg.name,
         "stage_hash": p.stage_hash,
-        "config_hash": sha256_text(
-            canonical_json({k: _section_value(cfg, k) for k in STAGES[name].sections})
-        ),
+        "config_hash": p.config_hash,
         "inputs": p.inputs,
         "code_version": stage_code_version(name),
         "summary": summary,

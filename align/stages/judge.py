@@ -6,9 +6,7 @@ from pathlib import Path
 
 from align.config import PipelineConfig
 from align.core.errors import AlignError
-from align.model.loading import (
-    cache_root,
-)
+from align.model.loading import cache_root
 
 
 def judge_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
