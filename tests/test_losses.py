@@ -348,12 +348,14 @@ def test_tie_break_reaches_the_losses() -> None:
 
 
 def test_registry_names_and_kinds() -> None:
-    offline = {"nca", "infonca", "dpo", "ipo", "slic", "nca_pair"}
+    offline = {"nca", "infonca", "plackett_luce", "lipo", "dpo", "ipo", "slic", "nca_pair"}
     online = {"online_ipo", "ipo_md", "nash_md_pg", "online_dpo", "online_slic"}
     bmc = {"dpo_bmc", "ipo_bmc", "nca_pair_bmc"}  # token-weighted pair losses
     assert set(LOSSES) == set(LOSS_MODELS) == offline | online | bmc | {"upo"}
     assert {n for n, m in LOSS_MODELS.items() if m.token_weights == "bmc"} == bmc
-    assert {n for n, m in LOSS_MODELS.items() if m.kind == "kwise"} == {"nca", "infonca"}
+    kwise = {"nca", "infonca", "plackett_luce", "lipo"}
+    assert {n for n, m in LOSS_MODELS.items() if m.kind == "kwise"} == kwise
+    assert {n for n, m in LOSS_MODELS.items() if m.ranking} == {"plackett_luce", "lipo"}
     assert {n for n, m in LOSS_MODELS.items() if m.kind == "online"} == online
     for name, model in LOSS_MODELS.items():
         assert loss_config(name).name == name and model.min_k == 2

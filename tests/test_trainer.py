@@ -90,7 +90,7 @@ def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("loss", ["nca", "infonca", "dpo"])
+@pytest.mark.parametrize("loss", ["nca", "infonca", "dpo", "plackett_luce", "lipo"])
 def test_training_increases_the_margin(project: Path, loss: str) -> None:
     cfg = _cfg(
         f"train.loss={{name: {loss}, beta: 1.0}}",

@@ -4,10 +4,11 @@ Each model states its keys, their types, ranges and defaults, and the reason for
 (the field's description, which `loss_parameters` lists). Class-level facts the pipeline rules
 need sit beside them as ClassVars: `kind` (kwise: all K responses; pair: best against worst;
 online: pairs sampled in training; upo: a preference loss plus an auxiliary-reward term),
-`min_k` (valid responses a row needs) and `token_weights` ("bmc": the trainer weights token
-log-probs by the rewrite stage's diff masks before the pair loss). The loss functions that read
-these parameters are in align/train/losses.py, the BMC weights in align/train/bmc.py, UPO's
-extra terms in align/train/upo.py.
+`min_k` (valid responses a row needs), `ranking` (the loss reads only the order of the
+rewards, so a row whose rewards all tie does not count) and `token_weights` ("bmc": the
+trainer weights token log-probs by the rewrite stage's diff masks before the pair loss). The
+loss functions that read these parameters are in align/train/losses.py, the BMC weights in
+align/train/bmc.py, UPO's extra terms in align/train/upo.py.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class LossParams(Strict):
 
     kind: ClassVar[Kind]
     min_k: ClassVar[int] = 2  # a row needs this many valid responses to count
+    ranking: ClassVar[bool] = False  # reads only the reward order: all-tied rows do not count
     token_weights: ClassVar[Literal["bmc"] | None] = None
 
     def params(self) -> dict[str, Any]:
@@ -73,6 +75,32 @@ class InfoNCAParams(NCAParams):
     """InfoNCA, same paper; same defaults as nca: the paper compares the two at equal settings."""
 
     name: Literal["infonca"] = "infonca"  # type: ignore[assignment]
+
+
+# ---- listwise: the reward ranking of all K responses, ties unordered ------------------------
+
+
+class PlackettLuceParams(LossParams):
+    """Plackett-Luce over the reward ranking, Rafailov et al., arXiv 2305.18290, App. A.3."""
+
+    kind: ClassVar[Kind] = "kwise"
+    ranking: ClassVar[bool] = True
+    name: Literal["plackett_luce"] = "plackett_luce"
+    beta: Positive = Field(0.1, description="dpo's default: with K=2 the loss is DPO")
+
+
+class LiPOParams(LossParams):
+    """LiPO-lambda, Liu et al., arXiv 2402.01878."""
+
+    kind: ClassVar[Kind] = "kwise"
+    ranking: ClassVar[bool] = True
+    name: Literal["lipo"] = "lipo"
+    beta: Positive = Field(0.1, description="dpo's default: with K=2 and normalize the loss is DPO")
+    normalize: Flag = Field(
+        True,
+        description="each row's lambda weights sum to 1, so a row weighs as one DPO pair and "
+        "dpo's learning rates carry over; false: the paper's raw sum",
+    )
 
 
 # ---- pair losses: best against worst response ----------------------------------------------
@@ -236,6 +264,8 @@ class UPOParams(LossParams):
 LossConfig = Annotated[
     NCAParams
     | InfoNCAParams
+    | PlackettLuceParams
+    | LiPOParams
     | DPOParams
     | IPOParams
     | SLiCParams
@@ -258,6 +288,8 @@ LOSS_MODELS: dict[str, type[LossParams]] = {
     for m in (
         NCAParams,
         InfoNCAParams,
+        PlackettLuceParams,
+        LiPOParams,
         DPOParams,
         IPOParams,
         SLiCParams,

@@ -5,8 +5,9 @@ Inputs are sequence log-probabilities of the policy and of the frozen reference 
 response tokens unless the caller passes means). ``s = policy - ref`` is the log-ratio and
 ``z = beta * s`` the scaled implicit reward.
 
-- K-wise losses (``nca``, ``infonca``) take ``[B, K]`` tensors plus an optional bool ``mask``
-  ``[B, K]`` of valid responses, so K may differ per prompt. Masked entries take no part in any
+- K-wise losses (``nca``, ``infonca``; the listwise ``plackett_luce``, ``lipo``) take ``[B, K]``
+  tensors plus an optional bool ``mask`` ``[B, K]`` of valid responses, so K may differ per
+  prompt. Masked entries take no part in any
   softmax or mean, whatever values they hold.
 - Pair losses (``dpo``, ``ipo``, ``slic``, ``nca_pair``) take four ``[B]`` tensors: policy and
   reference log-probs of the chosen and of the rejected response.
@@ -54,10 +55,12 @@ __all__ = [
     "infonca_loss",
     "ipo_loss",
     "kwise_loss",
+    "lipo_loss",
     "nash_md_pg_loss",
     "nca_loss",
     "nca_pair_loss",
     "online_loss",
+    "plackett_luce_loss",
     "reward_labels",
     "slic_loss",
 ]
@@ -209,6 +212,100 @@ def nca_loss(
 
 
 # ---------------------------------------------------------------------------------------------
+# listwise losses: the ranking of the K rewards, ties carrying no order
+
+
+def _beats(rewards: Tensor, mask: Tensor) -> Tensor:
+    """``[B, K, K]`` bool: valid response i has a strictly higher reward than valid j."""
+    valid = mask[:, :, None] & mask[:, None, :]
+    return valid & (rewards[:, :, None] > rewards[:, None, :])
+
+
+def plackett_luce_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    beta: float,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Plackett-Luce negative log-likelihood of the reward ranking under the implicit rewards.
+
+    ``loss = -sum_i [z_i - log(exp(z_i) + sum_{j: r_j < r_i} exp(z_j))]`` over the valid
+    responses i that beat at least one other, ``z = beta * (policy_logps - ref_logps)``. Without
+    ties this is the Plackett-Luce likelihood of the ranking (each position's response against
+    all those ranked below it); tied responses are not ordered against each other, so a row whose
+    rewards all tie has loss 0. With K=2 and r_1 > r_2 this is DPO.
+
+    policy_logps, ref_logps, rewards, mask: ``[B, K]``. Returns ``[B]``.
+
+    Rafailov et al., "Direct Preference Optimization", arXiv 2305.18290, Appendix A.3.
+    """
+    log_ratio, rewards, mask = _prepare_kwise(policy_logps, ref_logps, rewards, mask)
+    z = beta * log_ratio
+    beats = _beats(rewards, mask)
+    eye = torch.eye(z.shape[-1], dtype=torch.bool, device=z.device)
+    # row i of `field`: response i itself and every response it beats
+    field = beats | (eye & mask[:, :, None])
+    logits = z[:, None, :].expand_as(field).masked_fill(~field, _fill(z.dtype))
+    log_p = z - torch.logsumexp(logits, dim=-1)
+    return -torch.where(beats.any(-1), log_p, 0.0).sum(-1)
+
+
+def _ranks(z: Tensor, rewards: Tensor, mask: Tensor) -> Tensor:
+    """``[B, K]`` 1-based position of each response when sorted by z descending, ties in z
+    broken by reward descending, then by index; masked responses come last."""
+    low = _fill(z.dtype)
+    by_reward = torch.sort(rewards.masked_fill(~mask, low), stable=True, dim=-1, descending=True)[1]
+    z_sorted = z.masked_fill(~mask, low).gather(-1, by_reward)
+    order = by_reward.gather(-1, torch.sort(z_sorted, stable=True, dim=-1, descending=True)[1])
+    positions = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    return torch.empty_like(z).scatter_(-1, order, positions.expand_as(z))
+
+
+def lipo_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    beta: float,
+    normalize: bool = True,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """LiPO-lambda: pairwise logistic loss over every ordered pair, weighted by LambdaRank.
+
+    ``loss = -sum_{r_i > r_j} delta_ij * log sigmoid(z_i - z_j)`` with
+    ``delta_ij = |2^r_i - 2^r_j| * |1/log2(1 + rank_i) - 1/log2(1 + rank_j)|``, ``rank`` the
+    position under z (ties in z by reward), ``z = beta * (policy_logps - ref_logps)``; the weights
+    carry no gradient. ``normalize`` divides each row's weights by their sum, so a row weighs as
+    one DPO pair (K=2 is then exactly DPO) and the reward scale cancels; the paper sums them raw.
+    Tied responses form no pair.
+
+    policy_logps, ref_logps, rewards, mask: ``[B, K]``. Returns ``[B]``.
+
+    Liu et al., "LiPO: Listwise Preference Optimization through Learning-to-Rank",
+    arXiv 2402.01878.
+    """
+    log_ratio, rewards, mask = _prepare_kwise(policy_logps, ref_logps, rewards, mask)
+    z = beta * log_ratio
+    pairs = _beats(rewards, mask)
+    with torch.no_grad():
+        top = rewards.masked_fill(~mask, _fill(rewards.dtype)).amax(-1, keepdim=True)
+        # 2^r_i - 2^r_j = 2^top * (2^(r_i - top) - 2^(r_j - top)): no overflow at any scale
+        gain = torch.exp2(torch.where(mask, rewards - top, 0.0))
+        discount = 1.0 / torch.log2(1.0 + _ranks(z, rewards, mask))
+        delta = (gain[:, :, None] - gain[:, None, :]).abs()
+        delta = delta * (discount[:, :, None] - discount[:, None, :]).abs()
+        delta = torch.where(pairs, delta, 0.0)
+        if normalize:
+            delta = delta / delta.sum((-2, -1), keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+        else:
+            delta = delta * torch.exp2(top)[:, :, None]
+    logistic = F.logsigmoid(z[:, :, None] - z[:, None, :])
+    return -torch.where(pairs, delta * logistic, 0.0).sum((-2, -1))
+
+
+# ---------------------------------------------------------------------------------------------
 # pair losses: h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected), all [B]
 
 
@@ -342,6 +439,8 @@ def _online_slic(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, *, tau: float, 
 LOSSES: dict[str, Callable[..., Tensor]] = {
     "nca": nca_loss,
     "infonca": infonca_loss,
+    "plackett_luce": plackett_luce_loss,
+    "lipo": lipo_loss,
     "dpo": dpo_loss,
     "ipo": ipo_loss,
     "slic": slic_loss,
@@ -404,7 +503,8 @@ def kwise_loss(
     policy_logps, ref_logps, rewards, mask, n_tokens: ``[B, K]`` (n_tokens: completion-token
     counts of each sequence).
 
-    - kwise losses run on all valid responses; a row counts if it has >= ``min_k`` of them.
+    - kwise losses run on all valid responses; a row counts if it has >= ``min_k`` of them
+      (and, for the listwise losses, which read only the reward order, a preference).
     - pair losses run on ``best_worst_pairs``; a row counts if it has a preference. Preference
       data is K=2 with rewards such as ``[1, 0]``.
     - ``length_norm`` (ipo): divide each sequence log-ratio by its token count first, TRL's
@@ -421,16 +521,10 @@ def kwise_loss(
     ref = torch.where(mask, ref_logps.to(dtype), 0.0)
     chosen, rejected, has_preference = best_worst_pairs(rewards, mask)
     if params.kind == "kwise":
-        losses = fn(
-            policy_logps,
-            ref_logps,
-            rewards,
-            mask=mask,
-            beta=params.beta,
-            alpha=params.alpha,
-            tie_break_first=params.tie_break_first,
-        )
+        losses = fn(policy_logps, ref_logps, rewards, mask=mask, **params.params())
         counts = mask.sum(-1) >= params.min_k
+        if params.ranking:  # a row whose rewards all tie has no order to learn
+            counts = counts & has_preference
     else:
         if isinstance(params, IPOParams) and params.length_norm:
             if n_tokens is None:
