@@ -197,6 +197,11 @@ def _check_online(cfg: PipelineConfig) -> None:
             "train.preference: required with train.online: true; set reward (Bradley-Terry), "
             "judge (pairwise LLM judge) or function (module:function)"
         )
+    if cfg.train.probe is not None:
+        raise ValueError(
+            "train.probe: probes fixed annotated records, which online training does not have; "
+            "remove train.probe (or set train.online: false)"
+        )
     for key in ("sample", "annotate"):
         if getattr(cfg, key) is not None:
             raise ValueError(

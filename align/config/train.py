@@ -33,6 +33,14 @@ class DistributedConfig(Strict):
     config: str | None = None
 
 
+class ProbeConfig(Strict):
+    """Log-likelihood of a fixed, seeded set of training records, before the first step and
+    every `every` steps (align/train/probe.py)."""
+
+    every: int = Field(gt=0)  # optimizer steps between probes
+    records: int = Field(32, gt=0)  # how many training records; all when fewer
+
+
 class TrainConfig(Strict):
     loss: LossConfig
     learning_rate: float = Field(5e-6, gt=0)
@@ -70,6 +78,8 @@ class TrainConfig(Strict):
     # None: one process; set: `accelerate launch` with num_processes (global batch =
     # batch_size x grad_accum x num_processes)
     distributed: DistributedConfig | None = None
+    # None: no probe; set: probe.jsonl, probe/* in metrics.json and the likelihood-trend plot
+    probe: ProbeConfig | None = None
 
     @model_validator(mode="after")
     def _lengths(self) -> TrainConfig:

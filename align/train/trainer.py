@@ -51,6 +51,7 @@ from align.train import checkpoint
 from align.train.bmc import bmc_batch_logps
 from align.train.losses import LossOutput, kwise_loss
 from align.train.precision import MasterWeights, weights_dtype
+from align.train.probe import probe_indices, probe_metrics, run_probe
 from align.train.upo import ValueHead, prompt_hidden, upo_loss
 
 UPO_KEYS = (
@@ -218,6 +219,9 @@ class Trainer:
                 }
             )
         self._optimize(model, value_groups)
+        if (pc := self.tc.probe) is not None:
+            picked = probe_indices(len(self.examples), pc.records, self.tc.seed)
+            self.probe_set = [self.examples[i] for i in picked]
         # what `kwise_loss` runs: the configured loss, or for UPO the wrapped preference loss
         self.pref_loss = (
             self.loss.preference_params() if isinstance(self.loss, UPOParams) else self.loss
@@ -234,6 +238,7 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
         )
         self.value_head: ValueHead | None = None  # UPO only; saved with every checkpoint
+        self.probe_set: list[Example] = []  # train.probe's fixed records (offline only)
         self.step = 0
 
     def _optimize(self, model: PreTrainedModel, extra_groups: list[dict]) -> None:
@@ -313,6 +318,7 @@ class Trainer:
         )
         self.step = step
         checkpoint.trim_log(self.out / "log.jsonl", self.step)
+        checkpoint.trim_log(self.out / "probe.jsonl", self.step)
         tqdm.write(f"resuming from {latest} (step {self.step}/{self.total_steps})")
 
     # ---- one optimizer step --------------------------------------------------------------
@@ -483,6 +489,9 @@ class Trainer:
             disable=not self.acc.is_main_process,
         )
         log = self.out / "log.jsonl"
+        if self.step == 0:
+            (self.out / "probe.jsonl").unlink(missing_ok=True)
+            self._probe()
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             row = self.train_step()
@@ -497,10 +506,32 @@ class Trainer:
                     f.write(json.dumps(row) + "\n")
             bar.update(1)
             bar.set_postfix(self._postfix(row))
+            if self.tc.probe and (
+                self.step % self.tc.probe.every == 0 or self.step == self.total_steps
+            ):
+                self._probe()
             if self.step % self.tc.save_steps == 0 or self.step == self.total_steps:
                 self.save_checkpoint()
         bar.close()
         return self.finish()
+
+    def _probe(self) -> None:
+        """Append the probe records' likelihoods at this step to probe.jsonl (train.probe)."""
+        if not self.probe_set:
+            return
+        _, rewards, ref, mask = collate(self.probe_set)
+        row = run_probe(
+            self.model,
+            self._sequence_logps,
+            [(e.prompt, e.responses) for e in self.probe_set],
+            rewards,
+            ref,
+            mask,
+            self.tc.batch_size,
+        )
+        if self.acc.is_main_process:
+            with open(self.out / "probe.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, **row}) + "\n")
 
     def _postfix(self, row: dict) -> dict[str, str]:
         """What the progress bar shows of a step's log row."""
@@ -516,7 +547,7 @@ class Trainer:
         # sharded weights are gathered by every process; LoRA is never sharded (align.config)
         sharded = self.acc.distributed_type in SHARDED
         weights = self.acc.get_state_dict(self.model) if sharded else None
-        rows = [json.loads(ln) for ln in (self.out / "log.jsonl").read_text().splitlines()]
+        rows = _read_jsonl(self.out / "log.jsonl")
         if not self.acc.is_main_process:
             return {}
         model = self.acc.unwrap_model(self.model)
@@ -543,6 +574,7 @@ class Trainer:
             "first/loss": rows[0]["loss"],
             "tokens_per_s": _nanmean([r["tokens_per_s"] for r in rows]),
             **self._run_metrics(rows),
+            **probe_metrics(_read_jsonl(self.out / "probe.jsonl")),
         }
         atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
@@ -564,6 +596,11 @@ def _add_pair_stats(sums: dict[str, float], out: LossOutput, policy: torch.Tenso
     sums["rewards/margin"] += (rc - rr).sum().item()
     sums["rewards/accuracy"] += (rc > rr).double().sum().item()
     return len(rows)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON Lines file; none when it does not exist."""
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
 
 
 def _nanmean(values: list[float]) -> float | None:
