@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,22 @@ def test_resume_gives_identical_weights_and_log(
     la, lb = _log(project / "straight"), _log(project / "crashed")
     assert [r["step"] for r in lb] == [1, 2, 3, 4, 5]
     assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], abs=1e-9)
+
+
+@pytest.mark.parametrize("loss", ["dpo", "plackett_luce"])
+def test_step_loss_is_the_mean_over_prompts_with_a_preference(project: Path, loss: str) -> None:
+    """Half the prompts tie (no preference): at step 1 the policy is the reference, so each
+    counting prompt's loss is ln 2 (DPO; Plackett-Luce over K=4 distinct rewards:
+    ln 4 + ln 3 + ln 2), and the step's loss is that, not diluted by the tied prompts."""
+    cfg = _cfg(
+        f"train.loss={{name: {loss}, beta: 1.0}}",
+        "train.max_steps=1",
+        "train.batch_size=3",
+        "train.grad_accum=2",
+    )
+    recs = _records(cfg)
+    for rec in recs[::2]:
+        rec["rewards"] = [0.5] * 4
+    Trainer(cfg, Path(resolve_model("tiny")), recs, project / loss, "h").train()
+    expected = math.log(2) if loss == "dpo" else math.log(24)
+    assert _log(project / loss)[0]["loss"] == pytest.approx(expected, abs=1e-4)

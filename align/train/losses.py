@@ -51,6 +51,7 @@ from align.train.upo import upo_loss
 __all__ = [
     "LOSSES",
     "LossOutput",
+    "counting_rows",
     "dpo_loss",
     "infonca_loss",
     "ipo_loss",
@@ -489,6 +490,18 @@ def _pick(t: Tensor, idx: Tensor) -> Tensor:
     return t.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
 
 
+def counting_rows(params: LossParams, rewards: Tensor, mask: Tensor) -> Tensor:
+    """``[B]`` bool: the rows that take part in the loss (`kwise_loss`'s ``counts``), from the
+    data alone: a kwise row needs ``min_k`` valid responses (a listwise one also a preference),
+    a pair row a preference. rewards, mask: ``[B, K]``."""
+    mask = mask.bool()
+    has_preference = best_worst_pairs(rewards, mask)[2]
+    if params.kind != "kwise":
+        return has_preference
+    enough = mask.sum(-1) >= params.min_k
+    return enough & has_preference if params.ranking else enough
+
+
 def kwise_loss(
     params: LossParams,
     policy_logps: Tensor,
@@ -522,9 +535,6 @@ def kwise_loss(
     chosen, rejected, has_preference = best_worst_pairs(rewards, mask)
     if params.kind == "kwise":
         losses = fn(policy_logps, ref_logps, rewards, mask=mask, **params.params())
-        counts = mask.sum(-1) >= params.min_k
-        if params.ranking:  # a row whose rewards all tie has no order to learn
-            counts = counts & has_preference
     else:
         if isinstance(params, IPOParams) and params.length_norm:
             if n_tokens is None:
@@ -540,7 +550,7 @@ def kwise_loss(
             _pick(ref, rejected),
             **{key: scale},
         )
-        counts = has_preference
+    counts = counting_rows(params, rewards, mask)
     log_ratio = (policy - ref).detach()
     return LossOutput(
         torch.where(counts, losses, 0.0),

@@ -3,10 +3,12 @@
 One optimizer step consumes `batch_size * grad_accum * world_size` prompts (each with all its
 responses) from a stream of seeded per-epoch permutations, so a step's data depends only on its
 index: resume = load the checkpoint and continue at the next index. The loss of a step is the
-sum of per-prompt losses divided by the prompts in the step (rows without a usable preference
-contribute zero). Under `accelerate launch` each process takes an equal slice of the step's
-prompts and divides its sum by its slice; DDP's mean over processes then gives the same global
-mean, and the logged figures are summed over the processes. Reference log-probs come
+mean of the per-prompt losses over the step's prompts that take part (`counting_rows`: for pair
+and listwise losses the prompts whose rewards do not all tie), so a pair loss's step does not
+shrink with the tie rate of K-wise data (TRL's pairs never tie; this is its mean over pairs).
+Under `accelerate launch` each process takes an equal slice of the step's prompts and scales its
+sum by processes / step count; DDP's mean over processes then gives the same global mean, and the
+logged figures are summed over the processes. Reference log-probs come
 precomputed from annotate.
 
 Two losses change the step (docs/bmc-upo.md):
@@ -49,7 +51,7 @@ from align.model.logprobs import (
 from align.model.tokenize import encode_record
 from align.train import checkpoint
 from align.train.bmc import bmc_batch_logps
-from align.train.losses import LossOutput, kwise_loss
+from align.train.losses import LossOutput, counting_rows, kwise_loss
 from align.train.precision import MasterWeights, weights_dtype
 from align.train.probe import probe_indices, probe_metrics, run_probe
 from align.train.upo import ValueHead, prompt_hidden, upo_loss
@@ -330,6 +332,12 @@ class Trainer:
         ]
         return [[self.examples[i] for i in m] for m in micro]
 
+    def _counted_rows(self) -> int:
+        """How many prompts of this optimizer step (all processes) take part in the loss."""
+        idx = step_indices(self.step, len(self.examples), self.per_step, self.tc.seed)
+        _, rewards, _, mask = collate([self.examples[i] for i in idx])
+        return int(counting_rows(self.pref_loss, rewards, mask).sum())
+
     @property
     def _share_prompt(self) -> bool:
         """Run each prompt once for all its responses (`train.share_prompt`); gradient
@@ -404,6 +412,8 @@ class Trainer:
         upo_sums = dict.fromkeys(UPO_KEYS, 0.0)
         n_pref = tokens = 0
         local = self.tc.batch_size * self.tc.grad_accum
+        world = self.acc.num_processes
+        counted = max(1, self._counted_rows())
         micro_batches = self._micro_batches()
         for m, batch in enumerate(micro_batches):
             pairs, rewards, ref, mask = collate(batch)
@@ -421,7 +431,7 @@ class Trainer:
                     self.pref_loss, policy, ref.to(device), rewards.to(device), mask_d, n_tok
                 )
                 losses = out.losses
-                objective = losses.sum() / local
+                objective = losses.sum() * world / counted
                 if self.value_head is not None:
                     terms, aux = self._upo_terms(batch, policy, n_tok, mask_d, losses)
                     objective = terms.total * len(batch) / local
@@ -434,9 +444,8 @@ class Trainer:
             sums["loss"] += losses.detach().sum().item()
             n_pref += _add_pair_stats(sums, out, policy.detach().cpu())
         grad_norm = self._optimizer_step()
-        world = self.acc.num_processes
         total = self._sum_over_processes({**sums, **upo_sums, "n_pref": n_pref, "tokens": tokens})
-        row = {"loss": total["loss"] / (local * world)}
+        row = {"loss": total["loss"] / counted}
         for key in LOG_KEYS[1:]:
             row[key] = total[key] / total["n_pref"] if total["n_pref"] else float("nan")
         row.update(
