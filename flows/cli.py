@@ -1,5 +1,6 @@
 """`align` command line: validate, plan, run (the Prefect flow), stage (what dvc.yaml calls),
-dvc (write dvc.yaml from a pipeline), plots (the DVC plots as an offline HTML page)."""
+dvc (write dvc.yaml from a pipeline), plots (the DVC plots as an offline HTML page), sweep (a
+grid of settings with a paired comparison)."""
 
 from __future__ import annotations
 
@@ -155,6 +156,21 @@ def cmd_plots(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from align.pipeline.sweep import parse_grid, run_sweep
+    from align.pipeline.sweep_report import write_report
+
+    grid = parse_grid(args.grid)
+    started = time.time()
+    root, cells = run_sweep(args.pipeline, args.overrides, args.smoke, grid, args.until, args.jobs)
+    summary = write_report(root)
+    print((root / "summary.md").read_text())
+    print(f"{len(cells)} cells in {time.time() - started:.1f}s; summary: {root / 'summary.md'}")
+    if summary["figure"]:
+        print(f"probe figure: {summary['figure']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline(p)
     p.add_argument("--output", help="default: runs/<name>/plots.html")
     p.set_defaults(fn=cmd_plots)
+    p = sub.add_parser(
+        "sweep", help="run a grid of settings sharing upstream stages; compare with paired stats"
+    )
+    _add_pipeline(p)
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=[V1,V2,...]",
+        help="a key and its values (repeatable; cells are every combination), "
+        "e.g. --grid 'train.loss.name=[nca,dpo]' --grid 'train.seed=[0,1,2]'",
+    )
+    p.add_argument("--until", help="last stage each cell runs (default: the pipeline's last)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="cells at a time, each with cores/jobs threads"
+    )
+    p.set_defaults(fn=cmd_sweep)
     return parser
 
 
