@@ -63,9 +63,17 @@ def parse_grid(texts: Iterable[str]) -> dict[str, list[Any]]:
     return grid
 
 
+def describe(value: Any) -> str:
+    """A grid value in words: 'nca', '0.1', or for a mapping with a name (a whole
+    `train.loss`) 'dpo(beta=0.1)'."""
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        rest = ",".join(f"{k}={describe(v)}" for k, v in sorted(value.items()) if k != "name")
+        return f"{value['name']}({rest})" if rest else value["name"]
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def _slug(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.") or "x"
+    return re.sub(r"[^a-z0-9.]+", "-", describe(value).lower()).strip("-.") or "x"
 
 
 def grid_cells(grid: dict[str, list[Any]]) -> list[Cell]:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from align.core.errors import AlignError
 from align.core.io import atomic_write_json, atomic_write_text, read_json
+from align.pipeline.sweep import describe
 from align.pipeline.sweep_stats import mean_and_se, paired_difference
 
 # per-cell figures: (file under the cell folder, key) -> column name
@@ -44,7 +45,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def _label(settings: dict[str, Any]) -> str:
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in settings.items()) or "all"
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={describe(v)}" for k, v in settings.items()) or "all"
 
 
 def collect(root: Path) -> list[dict]:
