@@ -28,12 +28,13 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner
 
 import flows  # noqa: F401  (pins Prefect settings before Prefect loads)
-from align.config import PipelineConfig, load_pipeline
+from align.config import PipelineConfig
 from align.core.errors import AlignError
 from align.model.loading import BUILT_IN
 from align.pipeline import STAGES, plan
 from align.pipeline.graph import StagePlan
 from align.pipeline.history import keep_run
+from align.pipeline.rounds import close_round, prepare_run
 from flows.dvc_record import record_in_dvc_lock
 from flows.report import publish
 from tasks.annotate import annotate_task
@@ -90,10 +91,15 @@ def align_flow(
 ) -> dict:
     """Run every stage of `pipeline` (a YAML path) with `--set` overrides; returns the manifests.
     `record_dvc`: afterwards, record the outputs in the pipeline's dvc.lock (flows/dvc_record)."""
-    overrides = list(overrides or [])
-    cfg = load_pipeline(pipeline, overrides, smoke)
-    preflight(cfg, pipeline)
     logger = get_run_logger()
+    cfg, overrides, round_plan = prepare_run(pipeline, list(overrides or []), smoke)
+    preflight(cfg, pipeline)
+    if round_plan is not None:
+        logger.info(
+            "round %d from %s",
+            round_plan.number,
+            f"round {round_plan.parent}" if round_plan.parent is not None else "the base model",
+        )
     plans = plan(cfg)
     threads = thread_shares(plans)
     done: dict[str, dict] = {}
@@ -127,6 +133,9 @@ def align_flow(
         futures[cause].result()  # raises that stage's exception: the flow run fails with it
         raise RuntimeError(f"stage {cause} did not complete: {futures[cause].state.message}")
     logger.info("pipeline %s done: %s", cfg.name, ", ".join(manifests))
+    if round_plan is not None:
+        record = close_round(cfg, round_plan)
+        logger.info("round %d %s: %s", record["round"], record["decision"], record["reason"])
     run_id = str(flow_run.get_id())
     logger.info("report: %s", publish(cfg, manifests, run_id=run_id))
     logger.info("this run's outputs kept in %s", keep_run(cfg, run_id))

@@ -91,13 +91,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     )  # fail fast, before Prefect starts
     started = time.time()
     if args.no_prefect:
+        from align.pipeline.rounds import close_round, prepare_run
+
+        cfg, overrides, round_plan = prepare_run(args.pipeline, args.overrides, args.smoke)
         for p in plan(cfg):
             _, ran = run_stage(cfg, p.name)
             print(f"{p.name}: {'done' if ran else 'up to date'}")
+        if round_plan is not None:
+            record = close_round(cfg, round_plan)
+            print(f"round {record['round']} {record['decision']}: {record['reason']}")
         if args.record_dvc:
             from flows.dvc_record import record_in_dvc_lock
 
-            print(record_in_dvc_lock(args.pipeline, args.overrides, args.smoke))
+            print(record_in_dvc_lock(args.pipeline, overrides, args.smoke))
     else:
         from flows.align import align_flow
 
@@ -156,6 +162,34 @@ def cmd_plots(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rounds(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from align.pipeline.rounds import promote_by_hand, read_events, round_display, rounds_table
+
+    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
+    if cfg.rounds is None:
+        raise AlignError(f"{args.pipeline}: no rounds section; add one (docs/rounds.md)")
+    if args.promote is not None:
+        promote_by_hand(cfg, args.promote)
+        print(f"round {args.promote} is now the incumbent; the next run trains from its model")
+    rows = [round_display(r) for r in rounds_table(read_events(cfg))]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"{cfg.name}: no rounds yet; `align run {args.pipeline}` runs round 1")
+        return 0
+    table = Table(title=f"{cfg.name}: rounds (* = incumbent)")
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    Console().print(table)
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from align.pipeline.sweep import parse_grid, run_sweep
     from align.pipeline.sweep_report import write_report
@@ -202,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline(p)
     p.add_argument("--output", help="default: runs/<name>/plots.html")
     p.set_defaults(fn=cmd_plots)
+    p = sub.add_parser("rounds", help="the table of rounds of an iterative pipeline")
+    _add_pipeline(p)
+    p.add_argument(
+        "--promote", type=int, metavar="N", help="make promoted round N the incumbent (roll back)"
+    )
+    p.add_argument("--json", action="store_true", help="the table as JSON")
+    p.set_defaults(fn=cmd_rounds)
     p = sub.add_parser(
         "sweep", help="run a grid of settings sharing upstream stages; compare with paired stats"
     )

@@ -34,6 +34,7 @@ from align.config import PipelineConfig
 from align.core.io import atomic_write_text
 from align.pipeline import stage_folder
 from align.pipeline.plots import plot_categories, plot_training
+from align.pipeline.rounds import read_events, round_display, rounds_table
 
 CURVE_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/margin", "rewards/accuracy")
 LOG_COLUMNS = ("step", *CURVE_KEYS, "rewards/chosen", "rewards/rejected", "lr", "grad_norm")
@@ -291,6 +292,15 @@ def publish(cfg: PipelineConfig, manifests: dict[str, dict], run_id: str | None 
             key=f"{key}-{slug(stage)}",
             table=[{"metric": k, "value": _cell(v)} for k, v in metrics.items()],
             description=f"{cfg.name}: {stage} results",
+        )
+    if cfg.rounds is not None:
+        create_table_artifact(
+            key=f"{key}-rounds",
+            table=[
+                {k: _cell(v) for k, v in round_display(r).items()}
+                for r in rounds_table(read_events(cfg))
+            ],
+            description=f"{cfg.name}: rounds (* = the incumbent)",
         )
     if facts.checkpoint.is_dir():
         create_link_artifact(

@@ -14,6 +14,16 @@ DataFormat = Literal["prompts", "kwise", "ultrafeedback", "pairs"]
 FIELD_NAMES = ("id", "prompt", "answer", "responses", "rewards", "chosen", "rejected")
 
 
+class WindowConfig(Strict):
+    """A seeded slice of a dataset: the records of a fixed permutation (by `seed`) from
+    `index * size` on, `size` of them, wrapping around the end. `rounds.prompts_per_round`
+    sets it for each round."""
+
+    size: int = Field(gt=0)
+    index: int = Field(0, ge=0)
+    seed: int = 0
+
+
 class DatasetConfig(Strict):
     path: str | None = None  # local .jsonl / .json / .parquet file
     hf_dataset: str | None = None  # hub id or local dataset folder, read with datasets.load_dataset
@@ -21,6 +31,7 @@ class DatasetConfig(Strict):
     format: DataFormat = "prompts"  # prompts only, or responses with rewards (K-wise / pairs)
     fields: dict[str, str] = Field(default_factory=dict)  # our field name -> column in the file
     limit: int | None = Field(None, gt=0)
+    window: WindowConfig | None = None  # applied after limit
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:

@@ -15,6 +15,7 @@ from align.config.judge import JudgeConfig
 from align.config.losses import LOSS_MODELS
 from align.config.model import ModelConfig
 from align.config.rewards import RewardConfig
+from align.config.rounds import GATE_METRICS, RoundsConfig
 from align.config.stages import (
     AnnotateConfig,
     EvaluateConfig,
@@ -39,6 +40,7 @@ class PipelineConfig(Strict):
     judge: JudgeConfig | None = None  # MT-Bench / AlpacaEval on the trained policy
     smoke: SmokeConfig = SmokeConfig()
     schedule: ScheduleConfig | None = None  # cron schedule of the Prefect deployment
+    rounds: RoundsConfig | None = None  # each run is one round of iterative training
     runs_dir: str = "runs"
 
     @model_validator(mode="after")
@@ -66,6 +68,8 @@ class PipelineConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
         _check_distributed(self)
+        if self.rounds is not None:
+            _check_rounds(self)
         if self.train.online:
             _check_online(self)
             return self
@@ -180,6 +184,28 @@ def _check_distributed(cfg: PipelineConfig) -> None:
         raise ValueError(
             f"train.grad_accum: must be 1 with DeepSpeed ({dist.config}), which accumulates "
             "inside its engine; raise train.batch_size or train.distributed.num_processes instead"
+        )
+
+
+def _check_rounds(cfg: PipelineConfig) -> None:
+    """Rounds re-sample from the promoted policy, so they need the sample stage; the promotion
+    metric must be one this pipeline produces."""
+    if cfg.train.online or cfg.sample is None:
+        raise ValueError(
+            "rounds: a round samples fresh responses from the promoted policy, but this pipeline "
+            + (
+                "trains online (it is on-policy within one run already)"
+                if cfg.train.online
+                else "has no sample stage (its data holds fixed responses)"
+            )
+            + "; remove rounds, or use a pipeline with sample and annotate"
+        )
+    metric = GATE_METRICS[cfg.rounds.promote.metric]
+    if section_model(cfg, metric.needs) is None:
+        raise ValueError(
+            f"rounds.promote.metric: {cfg.rounds.promote.metric!r} is produced by "
+            f"{metric.needs}, which this pipeline does not set; add {metric.needs} or pick a "
+            f"metric it produces"
         )
 
 

@@ -101,6 +101,20 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Put file `src` at `dst`: weights (`*.safetensors`) as a hard link (no extra disk; stages
+    never rewrite a weight file in place, they write new files and wipe old folders), anything
+    else, or a link the file system refuses, as a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.suffix == ".safetensors":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or links not allowed: copy
+            pass
+    shutil.copy2(src, dst)
+
+
 def read_json(path: Path) -> Any:
     with open(path) as f:
         return json.load(f)

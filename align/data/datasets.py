@@ -10,11 +10,13 @@ A{i}_score, as in the NCA reward dataset), `pairs` (TRL prompt/chosen/rejected -
 from __future__ import annotations
 
 import math
+import random
 import re
 from pathlib import Path
 from typing import Any
 
 from align.config import DatasetConfig
+from align.config.data import WindowConfig
 from align.core.errors import AlignError
 
 LOCAL_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -50,7 +52,20 @@ def _load_rows(ds: DatasetConfig) -> list[dict]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AlignError(f"cannot read {source}: {first}") from None
     rows = table.to_list()
-    return rows[: ds.limit] if ds.limit else rows
+    rows = rows[: ds.limit] if ds.limit else rows
+    return window_rows(rows, ds.window) if ds.window else rows
+
+
+def window_rows(rows: list, window: WindowConfig) -> list:
+    """`window.size` rows of a permutation seeded by `window.seed`, starting at
+    `window.index * window.size` and wrapping around (all rows, permuted, when size >= len)."""
+    if not rows:
+        return rows
+    order = list(range(len(rows)))
+    random.Random(window.seed).shuffle(order)
+    start = window.index * window.size
+    take = min(window.size, len(rows))
+    return [rows[order[(start + i) % len(rows)]] for i in range(take)]
 
 
 def as_messages(prompt: Any, where: str) -> list[dict]:

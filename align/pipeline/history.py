@@ -9,27 +9,14 @@ file in place, they write new files and wipe old folders), everything else is co
 
 from __future__ import annotations
 
-import os
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 from align.config import PipelineConfig
-from align.core.io import atomic_dir, atomic_write_json
+from align.core.io import atomic_dir, atomic_write_json, link_or_copy
 from align.pipeline import MANIFEST, plan, stage_folder
 
 SKIP = {"checkpoints"}  # intermediate trainer checkpoints: only the final model is kept
-
-
-def _file_into(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.suffix == ".safetensors":
-        try:
-            os.link(src, dst)
-            return
-        except OSError:  # another file system, or links not allowed: copy
-            pass
-    shutil.copy2(src, dst)
 
 
 def keep_run(cfg: PipelineConfig, run_id: str, now: datetime | None = None) -> Path:
@@ -47,10 +34,10 @@ def keep_run(cfg: PipelineConfig, run_id: str, now: datetime | None = None) -> P
             for src in sorted(p.folder.rglob("*")):
                 rel = src.relative_to(p.folder)
                 if src.is_file() and not SKIP.intersection(rel.parts):
-                    _file_into(src, tmp / p.name / rel)
+                    link_or_copy(src, tmp / p.name / rel)
         base = stage_folder(cfg, "")
         for extra in [base / "report.md", *sorted((base / "plots").glob("*.png"))]:
             if extra.is_file():
-                _file_into(extra, tmp / extra.relative_to(base))
+                link_or_copy(extra, tmp / extra.relative_to(base))
         atomic_write_json(tmp / "lineage.json", lineage)
     return final

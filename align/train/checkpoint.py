@@ -4,8 +4,9 @@ log back to it.
 A checkpoint is a folder `<out>/checkpoints/step-NNNNNN/` holding `trainable.safetensors` (the
 trainable weights: LoRA adapters or all), `value_head.safetensors` (UPO only), `optimizer.pt`
 (optimizer, schedule and torch RNG state) and `state.json` (step and stage hash). Folders appear
-only whole (written under a temporary name, then renamed), so the newest one is complete; the
-oldest beyond `train.keep_checkpoints` are deleted.
+only whole (written under a temporary name, then renamed) and go whole (renamed to a hidden name,
+then deleted), so every visible one is complete; the oldest beyond `train.keep_checkpoints` are
+deleted.
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ def save_checkpoint(
         atomic_write_json(tmp / "state.json", {"step": step, "stage_hash": stage_hash})
     kept = sorted((out / "checkpoints").glob("step-*"))
     for old in kept[:-keep]:
-        shutil.rmtree(old)
+        # renamed first, so a kill halfway through the delete leaves a hidden partial folder
+        # (removed at resume), never a visible checkpoint with files missing
+        doomed = old.with_name(f".{old.name}.deleting")
+        old.rename(doomed)
+        shutil.rmtree(doomed)
 
 
 def checkpoint_step(ckpt: Path, stage_hash: str) -> int:
