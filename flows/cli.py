@@ -41,6 +41,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.pipeline}: ok — pipeline {cfg.name!r}, loss {cfg.train.loss.name}, "
         f"stages: {' -> '.join(active_stages(cfg))}"
     )
+    if (rc := cfg.rounds) is not None:
+        window = f"{rc.prompts_per_round} fresh prompts" if rc.prompts_per_round else "all prompts"
+        print(
+            f"  rounds: each run is one round from the {rc.policy_from} policy, reference "
+            f"{rc.reference}, {window} per round; promoted when {rc.promote.metric} >= the "
+            f"incumbent's + {rc.promote.min_delta:g}"
+        )
     values = cfg.train.loss.model_dump(by_alias=True)
     for key, default, reason in loss_parameters(cfg.train.loss.name):
         note = "default" if values[key] == default else f"default {json.dumps(default)}"
