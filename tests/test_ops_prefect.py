@@ -254,3 +254,43 @@ def test_cron_schedule_creates_scheduled_runs(served: Served) -> None:
         assert run.auto_scheduled
     days = sorted({r.expected_start_time.astimezone(UTC).date() for r in scheduled})
     assert len(days) == len(scheduled)  # one run per night
+
+
+@pytest.mark.slow
+def test_three_rounds_through_the_deployment(served: Served) -> None:
+    """Three `prefect deployment run`s of the iterative pipeline, as three nights would be:
+    round 1 promoted, round 2 rejected by the gate (an unreachable min_delta), round 3 trains
+    from round 1's model again; the rounds table is an artifact of every run."""
+    fast = ["train.warmup_ratio=0", "train.lr_scheduler=constant", "train.learning_rate=1e-3"]
+    gates = [-1.0, 2.0, -1.0]  # rewards are in [0, 1.25]: +2 can never be reached
+    runs = served.project / "runs/iterative-quickstart-smoke"
+    for night, min_delta in enumerate(gates, start=1):
+        overrides = json.dumps([*fast, f"rounds.promote.min_delta={min_delta}"])
+        _, out, seconds = _run_deployment(
+            served, "align/iterative-quickstart", "smoke=true", f"overrides={overrides}"
+        )
+        assert "Completed" in out, out[-3000:]
+        print(f"round {night} through the deployment: {seconds:.1f}s")
+    events = [json.loads(x) for x in (runs / "rounds/rounds.jsonl").read_text().splitlines()]
+    started = {e["round"]: e for e in events if e["event"] == "started"}
+    decided = {e["round"]: e for e in events if e["event"] in ("promoted", "rejected")}
+    assert [decided[n]["event"] for n in (1, 2, 3)] == ["promoted", "rejected", "promoted"]
+    assert [started[n]["parent"] for n in (1, 2, 3)] == [None, 1, 1]
+    round_1_model = runs / "rounds/round-1/model"
+    assert started[3]["policy"] == str(round_1_model.relative_to(served.project))
+    # round 3 trained from round 1's model: its prepared policy is that model, by content hash
+    prepared = json.loads((runs / "prepare-model/manifest.json").read_text())["summary"]
+    assert prepared["policy"]["hash"] == decided[1]["model_hash"]
+    assert prepared["reference"]["source"] == "tiny"  # rounds.reference: base
+    assert not (runs / "rounds/round-2").exists()  # a rejected model is not kept
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with _client(served.api_url) as client:
+        (table,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["iterative-quickstart-smoke-rounds"])
+            ),
+            limit=1,
+        )
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["decision"] for r in rows] == ["promoted", "rejected", "promoted *"]
