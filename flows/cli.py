@@ -154,6 +154,14 @@ def cmd_plots(args: argparse.Namespace) -> int:
     from align.pipeline.plots_page import write_plots_page
 
     cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
+    if args.exp:
+        from align.pipeline.plots_compare import write_compare_page
+        from flows.dvc_exps import experiment_curves
+
+        output = Path(args.output) if args.output else stage_folder(cfg, "plots-compare.html")
+        runs = experiment_curves(cfg, args.exp)
+        print(f"wrote {write_compare_page(runs, output, f'{cfg.name}: ' + ' vs '.join(runs))}")
+        return 0
     output = Path(args.output) if args.output else stage_folder(cfg, "plots.html")
     print(f"wrote {write_plots_page(cfg, output)}")
     return 0
@@ -193,7 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_dvc)
     p = sub.add_parser("plots", help="the DVC plots as a self-contained HTML page (no network)")
     _add_pipeline(p)
-    p.add_argument("--output", help="default: runs/<name>/plots.html")
+    p.add_argument(
+        "--exp",
+        nargs="+",
+        metavar="REV",
+        help="overlay these DVC experiments (names from `dvc exp show`, commits, or workspace)",
+    )
+    p.add_argument("--output", help="default: runs/<name>/plots.html (plots-compare.html)")
     p.set_defaults(fn=cmd_plots)
     return parser
 
