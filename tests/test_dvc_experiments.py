@@ -1,9 +1,9 @@
 """DVC experiments on the tiny pipeline, in a git + DVC project built from the repository's own
 .gitignore, .dvcignore and .dvc/config (so `runs/` is git-ignored as in a user's clone): two
-`dvc exp run -S` runs re-run training and evaluation only; `dvc exp show` has both runs' train
-and evaluate metrics; `dvc exp diff`, `dvc plots diff` and `align plots --exp` compare them;
-`dvc exp apply` restores an older experiment's model and `dvc push`/`pull` restore the weights
-byte for byte."""
+`dvc exp run -S` runs re-run training, evaluation and judging only; `dvc exp show` has both
+runs' train, evaluate and judge metrics; `dvc metrics show` lists the figures with no warning;
+`dvc exp diff`, `dvc plots diff` and `align plots --exp` compare them; `dvc exp apply` restores
+an older experiment's model and `dvc push`/`pull` restore the weights byte for byte."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 TRAIN = "runs/tiny/train/metrics.json"
 EVALUATE = "runs/tiny/evaluate/metrics.json"
+JUDGE = "runs/tiny/judge/scores.json"
 MODEL = "runs/tiny/train/model"
 
 
@@ -67,8 +68,14 @@ def test_two_experiments_compare_and_restore(project: Path, tmp_path_factory) ->
         "annotate": {"reward": {"function": "length_reward:chars"}},
         "train": {"learning_rate": 1e-3, "warmup_ratio": 0.0, "max_steps": 3},
     }
-    _, dvcfile = tiny_dvc_project(project, drop=("judge",), update=update)
+    _, dvcfile = tiny_dvc_project(project, update=update)
     _dvc(project, "repro", dvcfile)
+    # `dvc metrics show`: every metrics file with its figures, no warning, no row of `-` only
+    shown = _dvc(project, "metrics", "show")
+    assert "failed to load" not in shown and "WARNING" not in shown, shown
+    rows = {ln.split()[0]: ln.split()[1:] for ln in shown.splitlines()[1:] if ln.strip()}
+    assert set(rows) == {TRAIN, EVALUATE, JUDGE}, shown
+    assert all(any(cell != "-" for cell in cells) for cells in rows.values()), shown
     _git(project, "config", "user.name", "align tests")
     _git(project, "config", "user.email", "tests@align.invalid")
     _git(project, "add", "-A")
@@ -85,7 +92,7 @@ def test_two_experiments_compare_and_restore(project: Path, tmp_path_factory) ->
         "-S",
         "pipelines/tiny.yaml:train.loss.name=infonca",
     )
-    assert _ran(first) == {"train", "evaluate"}, first[-2000:]
+    assert _ran(first) == {"train", "evaluate", "judge"}, first[-2000:]
     infonca_weights = _weights(project)
     second = _dvc(
         project,
@@ -97,7 +104,7 @@ def test_two_experiments_compare_and_restore(project: Path, tmp_path_factory) ->
         "-S",
         "pipelines/tiny.yaml:train.loss.beta=0.5",
     )
-    assert _ran(second) == {"train", "evaluate"}, second[-2000:]
+    assert _ran(second) == {"train", "evaluate", "judge"}, second[-2000:]
     beta_weights = _weights(project)
     assert infonca_weights != beta_weights
 
@@ -109,6 +116,7 @@ def test_two_experiments_compare_and_restore(project: Path, tmp_path_factory) ->
         assert not by_name[name].get("error"), by_name[name]
         assert metrics[TRAIN]["data"]["steps"] == 3, metrics
         assert isinstance(metrics[EVALUATE]["data"]["reward/trained"], float), metrics
+        assert metrics[JUDGE]["data"]["mtbench/n_judgments"] >= 1, metrics
     losses = {n: by_name[n]["metrics"][TRAIN]["data"]["final/loss"] for n in ("infonca", "beta")}
     assert losses["infonca"] != pytest.approx(losses["beta"], rel=1e-3)
     params = {
@@ -121,7 +129,10 @@ def test_two_experiments_compare_and_restore(project: Path, tmp_path_factory) ->
     diff = _json(_dvc(project, "exp", "diff", "infonca", "beta", "--json"))
     assert diff["metrics"][TRAIN]["final/loss"]["old"] == pytest.approx(losses["infonca"])
     assert diff["metrics"][TRAIN]["final/loss"]["new"] == pytest.approx(losses["beta"])
-    assert "train.loss.name" in diff["params"]["pipelines/tiny.yaml"]
+    # the workspace keeps an experiment's params: the second ran InfoNCA with beta 0.5
+    assert diff["params"]["pipelines/tiny.yaml"] == {
+        "train.loss.beta": {"old": 0.1, "new": 0.5, "diff": pytest.approx(0.4)}
+    }
 
     plots = _dvc(project, "plots", "diff", "infonca", "beta", "--json")
     assert "runs/tiny/train/curves.csv" in plots and "infonca" in plots and "beta" in plots
