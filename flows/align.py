@@ -12,8 +12,8 @@ Each task is submitted with its stage hash; an unchanged stage is a cache hit (P
 task cache) or, when its folder is current, returns at once (the manifest check). Before any
 stage, a preflight stops a pipeline that needs a GPU on a machine without one; after the last,
 the run report is written and published as artifacts (flows/report.py), and with
-`record_dvc` the outputs go into dvc.lock (what the deployments do: nightly runs keep DVC's
-lineage current).
+`record_dvc` (the default) the outputs go into dvc.lock, so DVC's lineage stays current and a
+following `dvc repro` finds every stage current.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def align_flow(
     pipeline: str,
     overrides: list[str] | None = None,
     smoke: bool = False,
-    record_dvc: bool = False,
+    record_dvc: bool = True,
 ) -> dict:
     """Run every stage of `pipeline` (a YAML path) with `--set` overrides; returns the manifests.
     `record_dvc`: afterwards, record the outputs in the pipeline's dvc.lock (flows/dvc_record)."""

@@ -128,7 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _dvc_one(pipeline: str, output: Path, check: bool) -> bool:
     """Write (or with `check`, compare) one pipeline's dvc.yaml; True when it is up to date."""
     from align.pipeline.dvcfile import render_dvc_yaml
+    from flows.dvc_params import check_param_round_trip
 
+    check_param_round_trip(pipeline)  # `dvc exp run -S` must not corrupt the file it edits
     text = render_dvc_yaml(load_pipeline(pipeline), pipeline, output)
     if check:
         if not output.is_file() or output.read_text() != text:
@@ -150,6 +152,8 @@ def cmd_dvc(args: argparse.Namespace) -> int:
         output = Path(args.output) if args.output else dvc_file_for(args.pipeline)
         return 0 if _dvc_one(args.pipeline, output, args.check) else 1
     pipelines = [str(p) for p in sorted(Path("pipelines").glob("*.yaml"))]
+    if args.check:  # a pipeline's nested dvc.yaml exists once someone uses it with DVC
+        pipelines = [p for p in pipelines if dvc_file_for(p).is_file()]
     ok = all([_dvc_one(p, dvc_file_for(p), args.check) for p in pipelines])
     expected = {dvc_file_for(p) for p in pipelines}
     for stray in sorted(NESTED_DIR.glob("*/dvc.yaml")):
@@ -164,6 +168,14 @@ def cmd_plots(args: argparse.Namespace) -> int:
     from align.pipeline.plots_page import write_plots_page
 
     cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
+    if args.exp:
+        from align.pipeline.plots_compare import write_compare_page
+        from flows.dvc_exps import experiment_curves
+
+        output = Path(args.output) if args.output else stage_folder(cfg, "plots-compare.html")
+        runs = experiment_curves(cfg, args.exp)
+        print(f"wrote {write_compare_page(runs, output, f'{cfg.name}: ' + ' vs '.join(runs))}")
+        return 0
     output = Path(args.output) if args.output else stage_folder(cfg, "plots.html")
     print(f"wrote {write_plots_page(cfg, output)}")
     return 0
@@ -225,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline(p)
     p.add_argument("--no-prefect", action="store_true", help="run the stages in-process, in order")
     p.add_argument(
-        "--record-dvc", action="store_true", help="afterwards, record the outputs in dvc.lock"
+        "--no-record-dvc",
+        dest="record_dvc",
+        action="store_false",
+        help="leave dvc.lock alone (default: record the outputs there, as `dvc repro` would)",
     )
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("stage", help="run one stage (what dvc.yaml calls)")
@@ -233,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage")
     p.add_argument("--force", action="store_true", help="re-run even when the output is current")
     p.set_defaults(fn=cmd_stage)
-    p = sub.add_parser("dvc", help="write the dvc.yaml of a pipeline (or of --all of them)")
+    p = sub.add_parser(
+        "dvc", help="write the dvc.yaml of a pipeline (or of --all of them; --check: those present)"
+    )
     p.add_argument("pipeline", nargs="?")
     p.add_argument("--all", action="store_true", help="every pipelines/*.yaml")
     p.add_argument("--output", help="default: dvc.yaml for the quickstart, else dvc/<name>/")
@@ -241,7 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_dvc)
     p = sub.add_parser("plots", help="the DVC plots as a self-contained HTML page (no network)")
     _add_pipeline(p)
-    p.add_argument("--output", help="default: runs/<name>/plots.html")
+    p.add_argument(
+        "--exp",
+        nargs="+",
+        metavar="REV",
+        help="overlay these DVC experiments (names from `dvc exp show`, commits, or workspace)",
+    )
+    p.add_argument("--output", help="default: runs/<name>/plots.html (plots-compare.html)")
     p.set_defaults(fn=cmd_plots)
     p = sub.add_parser("rounds", help="the table of rounds of an iterative pipeline")
     _add_pipeline(p)

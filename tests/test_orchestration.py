@@ -96,9 +96,12 @@ def tiny_dvc_project(
 ) -> tuple[dict, str]:
     """Make `project` a git + DVC repo holding pipelines/tiny.yaml (the quickstart on the tiny
     model with a handful of records, without the sections in `drop`, with the sections' keys
-    in `update` replaced) and its generated dvc/tiny/dvc.yaml; returns (the pipeline, its path)."""
+    in `update` replaced) and its generated dvc/tiny/dvc.yaml; returns (the pipeline, its path).
+    The repository's own .gitignore, .dvcignore and .dvc/config come along: `runs/` is
+    git-ignored, so whatever DVC shows of a run comes from its cache, as in a user's clone."""
     shutil.copytree(REPO / "align", project / "align", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / ".dvcignore", project / ".dvcignore")
+    for name in (".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, project / name)
     raw = yaml.safe_load((project / "pipelines/quickstart.yaml").read_text())
     raw.update(name="tiny", model={"policy": "tiny"})
     raw["data"]["train"]["limit"] = 4
@@ -116,7 +119,7 @@ def tiny_dvc_project(
     (project / "pipelines/tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     _dvc(project, "init", "-q")
-    _dvc(project, "config", "core.analytics", "false")
+    shutil.copy(REPO / ".dvc/config", project / ".dvc/config")
     assert _align(project, "dvc", "pipelines/tiny.yaml").returncode == 0
     return raw, "dvc/tiny/dvc.yaml"  # every pipeline but the quickstart gets its own nested file
 
@@ -126,6 +129,14 @@ def test_dvc_repro_skips_unchanged_and_reruns_downstream(project: Path) -> None:
     first = _dvc(project, "repro", dvcfile)
     for stage in STAGES:
         assert f"Running stage '{dvcfile}:{stage}'" in first, first[-3000:]
+
+    # what `dvc repro` made, `align run` finds current, stage by stage
+    after = _align(project, "run", "pipelines/tiny.yaml", "--no-prefect")
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert [ln for ln in after.stdout.splitlines() if ln.endswith("up to date")] == [
+        f"{stage}: up to date" for stage in STAGES
+    ], after.stdout
+    assert "Data and pipelines are up to date" in _dvc(project, "status", dvcfile)
 
     second = _dvc(project, "repro", dvcfile)
     assert "Running stage" not in second
@@ -139,25 +150,33 @@ def test_dvc_repro_skips_unchanged_and_reruns_downstream(project: Path) -> None:
     assert ran == {"train", "evaluate", "judge"}, third[-2000:]
 
 
-def test_a_recorded_run_leaves_dvc_up_to_date(project: Path) -> None:
-    """`align run --record-dvc` (what the deployments do) writes the pipeline's dvc.lock, so DVC
-    sees every stage as current; a run with `--set` overrides is not recorded (other params)."""
+def test_align_run_leaves_dvc_up_to_date(project: Path) -> None:
+    """`align run` (the Prefect flow) records its outputs in the pipeline's dvc.lock as `dvc
+    repro` would, so `dvc status` is clean and `dvc repro` runs nothing; a run with `--set`
+    overrides is not recorded (other params), nor one with --no-record-dvc."""
     _, dvcfile = tiny_dvc_project(project, drop=("evaluate", "judge"))
     lock = project / "dvc/tiny/dvc.lock"
-    run = ["run", "pipelines/tiny.yaml", "--no-prefect", "--record-dvc"]
-    over = _align(project, *run, "--set", "train.max_steps=1")
+    over = _align(
+        project, "run", "pipelines/tiny.yaml", "--no-prefect", "--set", "train.max_steps=1"
+    )
     assert over.returncode == 0, over.stderr[-2000:]
     assert "dvc.lock left alone: overrides ['train.max_steps=1']" in over.stdout
     assert not lock.exists()
+    off = _align(project, "run", "pipelines/tiny.yaml", "--no-prefect", "--no-record-dvc")
+    assert off.returncode == 0, off.stderr[-2000:]
+    assert not lock.exists()
 
-    done = _align(project, *run)
+    done = _align(project, "run", "pipelines/tiny.yaml")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "recorded this run's outputs, deps and params in dvc/tiny/dvc.lock" in done.stdout
+    assert "recorded this run's outputs, deps and params in dvc/tiny/dvc.lock" in (
+        done.stdout + done.stderr
+    )
     assert set(yaml.safe_load(lock.read_text())["stages"]) == {
         "prepare-model",
         "sample",
         "annotate",
         "train",
     }
+    assert "Data and pipelines are up to date" in _dvc(project, "status", dvcfile)
     again = _dvc(project, "repro", dvcfile)
     assert "Running stage" not in again, again[-2000:]

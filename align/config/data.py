@@ -28,6 +28,7 @@ class DatasetConfig(Strict):
     path: str | None = None  # local .jsonl / .json / .parquet file
     hf_dataset: str | None = None  # hub id or local dataset folder, read with datasets.load_dataset
     split: str = "train"
+    revision: str | None = None  # hf_dataset on the hub: branch, tag or commit (default: main)
     format: DataFormat = "prompts"  # prompts only, or responses with rewards (K-wise / pairs)
     fields: dict[str, str] = Field(default_factory=dict)  # our field name -> column in the file
     limit: int | None = Field(None, gt=0)
@@ -37,6 +38,8 @@ class DatasetConfig(Strict):
     def _one_source(self) -> DatasetConfig:
         if (self.path is None) == (self.hf_dataset is None):
             raise ValueError("set exactly one of 'path' (local file) or 'hf_dataset'")
+        if self.revision is not None and self.hf_dataset is None:
+            raise ValueError("revision applies to hf_dataset only; remove it or use hf_dataset")
         bad = sorted(set(self.fields) - set(FIELD_NAMES))
         if bad:
             raise ValueError(f"fields: unknown name(s) {bad}; valid: {', '.join(FIELD_NAMES)}")

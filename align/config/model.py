@@ -19,5 +19,6 @@ class LoraConfig(Strict):
 class ModelConfig(Strict):
     policy: str  # 'embedded' (SmolLM2-135M-Instruct), 'tiny', a local HF folder or a hub id
     reference: str | None = None  # None: the policy's initial weights (the usual SFT reference)
+    revision: str | None = None  # hub policy (and default reference): branch, tag or commit
     dtype: Dtype = "float32"  # weights as loaded; training precision is train.precision
     lora: LoraConfig | None = None

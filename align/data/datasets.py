@@ -44,7 +44,7 @@ def _load_rows(ds: DatasetConfig) -> list[dict]:
                 return []  # load_records names the section and file
             table = datasets.load_dataset(loader, data_files=str(path), split="train")
         else:
-            table = datasets.load_dataset(ds.hf_dataset, split=ds.split)
+            table = datasets.load_dataset(ds.hf_dataset, split=ds.split, revision=ds.revision)
     except AlignError:
         raise
     except Exception as exc:  # datasets raises many types for unreadable or unreachable data

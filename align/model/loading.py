@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from align.core.errors import AlignError
+from align.core.hub import resolved_revision
 from align.core.io import atomic_dir, exclusive_lock, sha256_file, sha256_text
 from align.model.attention import MATMUL_ATTENTION
 
@@ -76,15 +77,18 @@ def _save_embedded(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _local_or_hub(source: str, out: Path) -> None:
-    """Copy a local HF folder, or fetch a hub id through transformers (needs network access)."""
+def _local_or_hub(source: str, out: Path, revision: str | None) -> None:
+    """Copy a local HF folder, or fetch a hub id at `revision` through transformers (needs
+    network access)."""
     path = Path(source)
     if path.is_dir():
         shutil.copytree(path, out, dirs_exist_ok=True)
         return
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **SAFE)
-        tokenizer = AutoTokenizer.from_pretrained(source, **SAFE)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, revision=revision, use_safetensors=True, **SAFE
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **SAFE)
     except OSError as exc:
         raise AlignError(
             f"model.policy: {source!r} is neither a local folder nor a loadable hub id "
@@ -99,9 +103,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("ALIGN_CACHE", ".cache"))
 
 
-def prepare_model(source: str, out: Path) -> Path:
-    """Write the HF safetensors folder for `source` (a built-in name, a folder or a hub id)
-    at `out`, atomically (a folder without config.json and weights never appears)."""
+def prepare_model(source: str, out: Path, revision: str | None = None) -> Path:
+    """Write the HF safetensors folder for `source` (a built-in name, a folder or a hub id at
+    `revision`) at `out`, atomically (a folder without config.json and weights never appears)."""
     from align.model.tiny import save_tiny_model, save_tiny_reward_model
 
     builders = {
@@ -110,7 +114,7 @@ def prepare_model(source: str, out: Path) -> Path:
         TINY_REWARD: save_tiny_reward_model,
     }
     with atomic_dir(out) as tmp:
-        builders.get(source, lambda folder: _local_or_hub(source, folder))(tmp)
+        builders.get(source, lambda folder: _local_or_hub(source, folder, revision))(tmp)
     return out
 
 
@@ -119,10 +123,11 @@ def looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith("/")
 
 
-def resolve_model(source: str, role: str = "policy") -> Path:
-    """The local folder to load `source` from: built-ins and hub ids are prepared once into the
-    cache (under a lock, so concurrent runs neither build twice nor read a half-built folder);
-    local folders are used as they are."""
+def resolve_model(source: str, role: str = "policy", revision: str | None = None) -> Path:
+    """The local folder to load `source` from: built-ins and hub ids (at `revision`, one cache
+    folder per resolved commit) are prepared once into the cache (under a lock, so concurrent
+    runs neither build twice nor read a half-built folder); local folders are used as they
+    are."""
     if Path(source).is_dir():
         return Path(source)
     if looks_like_path(source):
@@ -130,12 +135,15 @@ def resolve_model(source: str, role: str = "policy") -> Path:
             f"model.{role}: no model folder at {source!r}; fix the path, or use 'tiny' or "
             "'embedded'"
         )
-    name = source if source in BUILT_IN else "hub--" + source.replace("/", "--")
+    name = source
+    if source not in BUILT_IN:
+        commit = resolved_revision(source, "model", revision).replace(":", "-")
+        name = "hub--" + source.replace("/", "--") + "--" + commit
     folder = cache_root() / "models" / name
     if not (folder / "config.json").is_file():
         with exclusive_lock(folder.with_name(f".{name}.lock"), f"building model {source!r}"):
             if not (folder / "config.json").is_file():
-                prepare_model(source, folder)
+                prepare_model(source, folder, revision)
     return folder
 
 
@@ -200,10 +208,10 @@ def load_model(
 
 
 @functools.cache
-def source_fingerprint(source: str) -> str:
+def source_fingerprint(source: str, revision: str | None = None) -> str:
     """Identity of a model source for stage hashes: the embedded GGUF's content hash, the
     built-in's name (its code is in the code version), a local folder's file list with sizes
-    and modification times, or the hub id."""
+    and modification times, or the hub id with the commit `revision` resolves to."""
     if source == EMBEDDED:
         folder, gguf = _embedded_gguf()
         return f"gguf:{sha256_file(folder / gguf)}"
@@ -217,4 +225,4 @@ def source_fingerprint(source: str) -> str:
             if p.is_file()
         )
         return "dir:" + sha256_text("\n".join(listing))
-    return f"hub:{source}"
+    return f"hub:{source}@{resolved_revision(source, 'model', revision)}"

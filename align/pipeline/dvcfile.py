@@ -1,8 +1,13 @@
 """dvc.yaml for a pipeline, generated from the same stage table the library runs.
 
-The quickstart's stages live in the root `dvc.yaml` (what a plain `dvc repro` runs); every other
-pipeline's in `dvc/<pipeline-stem>/dvc.yaml` with `wdir: ../..`, so its paths read the same and
-`dvc repro dvc/nca-7b/dvc.yaml` (or `dvc repro -P` for all) reproduces it.
+The quickstart's stages live in the root `dvc.yaml` (what a plain `dvc repro` runs); any other
+pipeline's, once `align dvc` writes it, in `dvc/<pipeline-stem>/dvc.yaml` with `wdir: ../..`, so
+its paths read the same and `dvc repro dvc/nca-7b/dvc.yaml` reproduces it. Only the root file is
+committed here: DVC lists the metrics of every dvc.yaml, and a never-run pipeline's absent files
+would fill `dvc metrics show` with warnings and rows of `-` (docs/dvc.md).
+
+The final model, metrics and curves are cached outs (graph.py), so `dvc exp show`, `dvc push` /
+`pull` and `dvc exp apply` reach them although `runs/` is git-ignored.
 
 Each DVC stage calls `align stage <pipeline> <stage>`; its deps are the upstream outputs, the
 data files and the library code, its params the YAML sections the stage hash covers, so DVC

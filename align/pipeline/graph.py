@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from align.config import DatasetConfig, PipelineConfig, section
+from align.core.hub import resolved_revision
 from align.core.io import (
     canonical_json,
     read_json,
     sha256_file,
     sha256_text,
+    sha256_tree,
 )
 from align.pipeline.code import stage_code_version
 
@@ -32,12 +34,27 @@ MARKER = ".stage_hash"  # written when a stage starts: partial output of another
 
 
 def data_fingerprint(ds: DatasetConfig | None) -> str | None:
+    """Identity of a dataset's content: a local file's hash, a local dataset folder's content
+    hash, or a hub dataset's resolved commit (align/core/hub.py), with the split."""
     if ds is None:
         return None
     if ds.path is not None:
         path = Path(ds.path)
         return sha256_file(path) if path.is_file() else f"missing:{ds.path}"
-    return f"hf:{ds.hf_dataset}:{ds.split}"
+    folder = Path(ds.hf_dataset)
+    if folder.is_dir():
+        return f"dir:{sha256_tree(folder)}:{ds.split}"
+    commit = resolved_revision(ds.hf_dataset, "dataset", ds.revision)
+    return f"hf:{ds.hf_dataset}@{commit}:{ds.split}"
+
+
+def data_files(ds: DatasetConfig | None) -> list[str]:
+    """The local file or dataset folder DVC tracks as a dependency (none for hub datasets)."""
+    if ds is None:
+        return []
+    if ds.path is not None:
+        return [ds.path]
+    return [ds.hf_dataset] if Path(ds.hf_dataset).is_dir() else []
 
 
 @dataclass(frozen=True)
@@ -78,13 +95,15 @@ def _folder_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
 
 
 def _train_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
+    """The final model, metrics and curves are cached (`dvc push`/`pull`/`exp apply` restore
+    them; `dvc exp show` reads an experiment's metrics from the cache); checkpoints are not."""
     return [
-        Out(f"{folder}/model", cache=False),
+        Out(f"{folder}/model"),
         Out(f"{folder}/checkpoints", cache=False, persist=True, dep=False),
         Out(f"{folder}/log.jsonl", persist=True, dep=False),
         Out(f"{folder}/{MANIFEST}"),
-        Out(f"{folder}/metrics.json", kind="metrics", cache=False),
-        Out(f"{folder}/curves.csv", kind="plots", cache=False),
+        Out(f"{folder}/metrics.json", kind="metrics"),
+        Out(f"{folder}/curves.csv", kind="plots"),
     ]
 
 
@@ -94,7 +113,7 @@ def _evaluate_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
         Out(f"{folder}/answers-trained.jsonl"),
         Out(f"{folder}/report.md", cache=False),
         Out(f"{folder}/{MANIFEST}"),
-        Out(f"{folder}/metrics.json", kind="metrics", cache=False),
+        Out(f"{folder}/metrics.json", kind="metrics"),
     ]
 
 
@@ -104,7 +123,7 @@ def _judge_outs(cfg: PipelineConfig, folder: str) -> list[Out]:
         *(Out(f"{folder}/{name}") for name in protocols),
         Out(f"{folder}/report.md", cache=False),
         Out(f"{folder}/{MANIFEST}"),
-        Out(f"{folder}/scores.json", kind="metrics", cache=False),
+        Out(f"{folder}/scores.json", kind="metrics"),
     ]
 
 
@@ -176,8 +195,8 @@ def _model_source(cfg: PipelineConfig) -> dict[str, Any]:
     from align.model.loading import source_fingerprint
 
     return {
-        "policy": source_fingerprint(cfg.model.policy),
-        "reference": cfg.model.reference and source_fingerprint(cfg.model.reference),
+        "policy": source_fingerprint(cfg.model.policy, cfg.model.revision),
+        "reference": cfg.model.reference and source_fingerprint(cfg.model.reference, None),
     }
 
 
@@ -191,7 +210,7 @@ STAGES: dict[str, StageDef] = {
             ("sample", "data.train", "data.system_prompt"),
             _folder_outs,
             inputs=lambda cfg: {"data": data_fingerprint(cfg.data.train)},
-            data_deps=lambda cfg: [cfg.data.train.path] if cfg.data.train.path else [],
+            data_deps=lambda cfg: data_files(cfg.data.train),
         ),
         StageDef(
             "annotate",
@@ -203,9 +222,7 @@ STAGES: dict[str, StageDef] = {
                 "aux": _aux_input(cfg),
                 "data": None if cfg.sample else data_fingerprint(cfg.data.train),
             },
-            data_deps=lambda cfg: (
-                [] if cfg.sample or not cfg.data.train.path else [cfg.data.train.path]
-            ),
+            data_deps=lambda cfg: [] if cfg.sample else data_files(cfg.data.train),
         ),
         StageDef(
             "rewrite",
@@ -220,9 +237,7 @@ STAGES: dict[str, StageDef] = {
             ("train", "model"),
             _train_outs,
             inputs=_train_inputs,
-            data_deps=lambda cfg: (
-                [cfg.data.train.path] if cfg.train.online and cfg.data.train.path else []
-            ),
+            data_deps=lambda cfg: data_files(cfg.data.train) if cfg.train.online else [],
         ),
         StageDef(
             "evaluate",
@@ -234,9 +249,7 @@ STAGES: dict[str, StageDef] = {
                 "aux": _aux_input(cfg),
                 "eval_data": data_fingerprint(cfg.data.eval),
             },
-            data_deps=lambda cfg: (
-                [cfg.data.eval.path] if cfg.data.eval and cfg.data.eval.path else []
-            ),
+            data_deps=lambda cfg: data_files(cfg.data.eval),
         ),
         StageDef(
             "judge",

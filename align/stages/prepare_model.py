@@ -22,7 +22,9 @@ def prepare_model_stage(
     summary: dict = {}
     vocab: dict[str, dict] = {}
     for role, source in models.items():
-        path = resolve_model(source, role)
+        # model.revision pins the policy, and the reference when it is the initial policy
+        pinned = role == "policy" or cfg.model.reference is None
+        path = resolve_model(source, role, cfg.model.revision if pinned else None)
         vocab[role] = check_model_folder(path, role).get_vocab()
         summary[role] = {"source": source, "path": str(path), "hash": sha256_tree(path)}
     if vocab["policy"] != vocab["reference"]:
