@@ -7,7 +7,8 @@ Artifacts (keys derived from the pipeline name, so each run adds a new version o
   <name>-checkpoint   link: the final checkpoint folder
 Files, under runs/<name>/:
   report.md and plots/*.png     the same report, with the figures (align/plots.py)
-  train/MODEL_CARD.md           lineage and training results of the final checkpoint
+The model card (train/model/README.md, Hub metadata) is the train stage's own output
+(align/stages/model_card.py).
 
 Everything is read back from what the stages left on disk (manifests, log.jsonl, metrics.json,
 report.md), so the report describes the files, whichever orchestrator produced them.
@@ -38,7 +39,7 @@ from align.pipeline.plots import plot_categories, plot_training
 CURVE_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/margin", "rewards/accuracy")
 LOG_COLUMNS = ("step", *CURVE_KEYS, "rewards/chosen", "rewards/rejected", "lr", "grad_norm")
 RESULT_FILES = ("metrics.json", "scores.json")  # flat metrics of evaluate / judge stages
-CARD = "MODEL_CARD.md"  # next to train/model/, outside the folder DVC records as an output
+CARD = "README.md"  # the Hub model card inside train/model/, written by the train stage
 
 
 @dataclass
@@ -202,7 +203,7 @@ def render(facts: RunFacts, plots: list[Path] | None = None, run_id: str | None 
         "",
         "## Checkpoint",
         "",
-        f"`{facts.checkpoint}` (model card: `{facts.checkpoint.parent / CARD}`)",
+        f"`{facts.checkpoint}` (model card: `{facts.checkpoint / CARD}`)",
         "",
         "## Config",
         "",
@@ -214,40 +215,6 @@ def render(facts: RunFacts, plots: list[Path] | None = None, run_id: str | None 
     return "\n".join(out)
 
 
-def model_card(facts: RunFacts) -> str:
-    """A model card for the final checkpoint: what it is, where it came from, how it trained.
-    Only facts fixed by the train stage's inputs, so an unchanged checkpoint keeps its card."""
-    cfg = facts.cfg
-    train = facts.manifests.get("train", {}).get("summary", {})
-    loss = cfg.train.loss
-    return "\n".join(
-        [
-            f"# {cfg.name}: aligned checkpoint",
-            "",
-            f"{cfg.description}".strip(),
-            "",
-            f"- weights: `{facts.checkpoint}` (Hugging Face format)",
-            f"- base model: `{cfg.model.policy}`"
-            + (f" with LoRA r={cfg.model.lora.r}" if cfg.model.lora else ""),
-            f"- loss: `{loss.name}` {json.dumps(loss.params(), sort_keys=True)}",
-            f"- optimisation: lr {cfg.train.learning_rate}, {cfg.train.lr_scheduler}, "
-            f"{train.get('steps', '?')} steps, precision {cfg.train.precision}",
-            "",
-            "## Lineage",
-            "",
-            _table(
-                ["what", "identity"],
-                [list(r) for r in lineage(facts, upto="train")],
-            ),
-            "",
-            "## Training results",
-            "",
-            _table(["figure", "value"], [[k, v] for k, v in train.items()]),
-            "",
-        ]
-    )
-
-
 def _cell(value: Any) -> Any:
     """A JSON-safe table cell: floats rounded, NaN (a step where every response tied) empty."""
     if isinstance(value, float):
@@ -256,7 +223,7 @@ def _cell(value: Any) -> Any:
 
 
 def write_files(facts: RunFacts, run_id: str | None = None) -> tuple[Path, list[Path]]:
-    """runs/<name>/report.md with its PNG figures, and the model card; returns (report, plots)."""
+    """runs/<name>/report.md with its PNG figures; returns (report, plots)."""
     plots = plot_training(facts.log, facts.root / "plots") if facts.log else []
     for metrics in facts.results.values():
         bars = plot_categories(metrics, facts.root / "plots")
@@ -265,8 +232,6 @@ def write_files(facts: RunFacts, run_id: str | None = None) -> tuple[Path, list[
     report = facts.root / "report.md"
     rel = [p.relative_to(facts.root) for p in plots]
     atomic_write_text(report, render(facts, rel, run_id))
-    if "train" in facts.manifests and facts.checkpoint.is_dir():
-        atomic_write_text(facts.checkpoint.parent / CARD, model_card(facts))
     return report, plots
 
 
@@ -297,6 +262,6 @@ def publish(cfg: PipelineConfig, manifests: dict[str, dict], run_id: str | None 
             key=f"{key}-checkpoint",
             link=facts.checkpoint.resolve().as_uri(),
             link_text=str(facts.checkpoint),
-            description=f"{cfg.name}: final checkpoint (model card: {CARD} beside it)",
+            description=f"{cfg.name}: final checkpoint (model card: {CARD} inside it)",
         )
     return report
