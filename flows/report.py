@@ -1,7 +1,8 @@
 """The run report, written when the flow `align` finishes: Prefect artifacts and files.
 
 Artifacts (keys derived from the pipeline name, so each run adds a new version of the same key):
-  <name>-report       markdown: config, lineage, training-curve summary, evaluation results
+  <name>-report       markdown: config, lineage, training-curve summary, evaluation results,
+                      the figures embedded as PNG data URIs (with their file paths)
   <name>-train-log    table: the trainer's per-step log
   <name>-<stage>      table: the metrics of each stage after training (evaluate, judge, ...)
   <name>-checkpoint   link: the final checkpoint folder
@@ -34,7 +35,7 @@ from prefect.artifacts import (
 from align.config import PipelineConfig
 from align.core.io import atomic_write_text
 from align.pipeline import stage_folder
-from align.pipeline.plots import plot_categories, plot_training
+from align.pipeline.plots import plot_categories, plot_training, png_data_uri
 
 CURVE_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/margin", "rewards/accuracy")
 LOG_COLUMNS = ("step", *CURVE_KEYS, "rewards/chosen", "rewards/rejected", "lr", "grad_norm")
@@ -235,14 +236,29 @@ def write_files(facts: RunFacts, run_id: str | None = None) -> tuple[Path, list[
     return report, plots
 
 
+def artifact_markdown(
+    facts: RunFacts, report: Path, plots: list[Path], run_id: str | None = None
+) -> str:
+    """The report artifact: the report with its figures embedded as PNG data URIs (the
+    Prefect UI cannot open local files), each with the path of its file."""
+    figures = ["", "## Figures", ""]
+    for plot in plots:
+        figures += [f"![{plot.stem}]({png_data_uri(plot)})", "", f"`{plot.resolve()}`", ""]
+    return (
+        render(facts, run_id=run_id)
+        + "\n".join(figures if plots else [])
+        + f"\nReport with figures: `{report.resolve()}`\n"
+    )
+
+
 def publish(cfg: PipelineConfig, manifests: dict[str, dict], run_id: str | None = None) -> Path:
     """Write the report files and create the artifacts of this flow run; returns report.md."""
     facts = gather(cfg, manifests)
-    report, _ = write_files(facts, run_id)
+    report, plots = write_files(facts, run_id)
     key = slug(cfg.name)
     create_markdown_artifact(
         key=f"{key}-report",
-        markdown=render(facts, run_id=run_id) + f"\nReport with figures: `{report.resolve()}`\n",
+        markdown=artifact_markdown(facts, report, plots, run_id),
         description=f"{cfg.name}: config, lineage, training and evaluation",
     )
     if facts.log:
