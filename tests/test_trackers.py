@@ -88,3 +88,17 @@ def test_unknown_or_repeated_tracker_is_rejected(project: Path) -> None:
         load_pipeline(QS, ["train.report_to=[tensorbord]"])
     with pytest.raises(AlignError, match="listed twice"):
         load_pipeline(QS, ["train.report_to=[mlflow, mlflow]"])
+
+
+def test_wandb_runs_offline_inside_the_train_folder(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out, rows = _train(project, "[wandb]", monkeypatch)
+    assert trackers.os.environ["WANDB_MODE"] == "offline"
+    (run,) = (out / "wandb").glob("offline-run-*")
+    (history,) = run.glob("*.wandb")  # the run's records, written without any network
+    assert history.stat().st_size > 0
+    assert len(rows) == 3
