@@ -36,7 +36,7 @@ def main() -> int:
                     mt,
                     backend,
                     policy,
-                    Path(tmp) / mode,
+                    Path(tmp) / "mtbench",  # the second mode reuses the answers
                     cfg.model.policy,
                     cfg.judge.backend.model,
                     cfg.judge.backend.max_new_tokens,
@@ -48,7 +48,8 @@ def main() -> int:
             overall = m["mtbench/overall"]
             print(
                 f"rating: {mode:8s} rated {rated}/{m['mtbench/n_judgments']} answers, "
-                f"overall {'-' if overall is None else f'{overall:.2f}'}"
+                f"overall {'-' if overall is None else f'{overall:.2f}'}",
+                flush=True,
             )
     return 0
 
