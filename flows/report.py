@@ -1,13 +1,15 @@
 """The run report, written when the flow `align` finishes: Prefect artifacts and files.
 
 Artifacts (keys derived from the pipeline name, so each run adds a new version of the same key):
-  <name>-report       markdown: config, lineage, training-curve summary, evaluation results
+  <name>-report       markdown: config, lineage, training-curve summary, evaluation results,
+                      the figures embedded as PNG data URIs (with their file paths)
   <name>-train-log    table: the trainer's per-step log
   <name>-<stage>      table: the metrics of each stage after training (evaluate, judge, ...)
   <name>-checkpoint   link: the final checkpoint folder
 Files, under runs/<name>/:
   report.md and plots/*.png     the same report, with the figures (align/plots.py)
-  train/MODEL_CARD.md           lineage and training results of the final checkpoint
+The model card (train/model/README.md, Hub metadata) is the train stage's own output
+(align/stages/model_card.py).
 
 Everything is read back from what the stages left on disk (manifests, log.jsonl, metrics.json,
 report.md), so the report describes the files, whichever orchestrator produced them.
@@ -33,13 +35,13 @@ from prefect.artifacts import (
 from align.config import PipelineConfig
 from align.core.io import atomic_write_text
 from align.pipeline import stage_folder
-from align.pipeline.plots import plot_categories, plot_training
+from align.pipeline.plots import plot_categories, plot_training, png_data_uri
 from align.pipeline.rounds import read_events, round_display, rounds_table
 
 CURVE_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/margin", "rewards/accuracy")
 LOG_COLUMNS = ("step", *CURVE_KEYS, "rewards/chosen", "rewards/rejected", "lr", "grad_norm")
 RESULT_FILES = ("metrics.json", "scores.json")  # flat metrics of evaluate / judge stages
-CARD = "MODEL_CARD.md"  # next to train/model/, outside the folder DVC records as an output
+CARD = "README.md"  # the Hub model card inside train/model/, written by the train stage
 
 
 @dataclass
@@ -203,7 +205,7 @@ def render(facts: RunFacts, plots: list[Path] | None = None, run_id: str | None 
         "",
         "## Checkpoint",
         "",
-        f"`{facts.checkpoint}` (model card: `{facts.checkpoint.parent / CARD}`)",
+        f"`{facts.checkpoint}` (model card: `{facts.checkpoint / CARD}`)",
         "",
         "## Config",
         "",
@@ -215,40 +217,6 @@ def render(facts: RunFacts, plots: list[Path] | None = None, run_id: str | None 
     return "\n".join(out)
 
 
-def model_card(facts: RunFacts) -> str:
-    """A model card for the final checkpoint: what it is, where it came from, how it trained.
-    Only facts fixed by the train stage's inputs, so an unchanged checkpoint keeps its card."""
-    cfg = facts.cfg
-    train = facts.manifests.get("train", {}).get("summary", {})
-    loss = cfg.train.loss
-    return "\n".join(
-        [
-            f"# {cfg.name}: aligned checkpoint",
-            "",
-            f"{cfg.description}".strip(),
-            "",
-            f"- weights: `{facts.checkpoint}` (Hugging Face format)",
-            f"- base model: `{cfg.model.policy}`"
-            + (f" with LoRA r={cfg.model.lora.r}" if cfg.model.lora else ""),
-            f"- loss: `{loss.name}` {json.dumps(loss.params(), sort_keys=True)}",
-            f"- optimisation: lr {cfg.train.learning_rate}, {cfg.train.lr_scheduler}, "
-            f"{train.get('steps', '?')} steps, precision {cfg.train.precision}",
-            "",
-            "## Lineage",
-            "",
-            _table(
-                ["what", "identity"],
-                [list(r) for r in lineage(facts, upto="train")],
-            ),
-            "",
-            "## Training results",
-            "",
-            _table(["figure", "value"], [[k, v] for k, v in train.items()]),
-            "",
-        ]
-    )
-
-
 def _cell(value: Any) -> Any:
     """A JSON-safe table cell: floats rounded, NaN (a step where every response tied) empty."""
     if isinstance(value, float):
@@ -257,7 +225,7 @@ def _cell(value: Any) -> Any:
 
 
 def write_files(facts: RunFacts, run_id: str | None = None) -> tuple[Path, list[Path]]:
-    """runs/<name>/report.md with its PNG figures, and the model card; returns (report, plots)."""
+    """runs/<name>/report.md with its PNG figures; returns (report, plots)."""
     plots = plot_training(facts.log, facts.root / "plots") if facts.log else []
     for metrics in facts.results.values():
         bars = plot_categories(metrics, facts.root / "plots")
@@ -266,19 +234,32 @@ def write_files(facts: RunFacts, run_id: str | None = None) -> tuple[Path, list[
     report = facts.root / "report.md"
     rel = [p.relative_to(facts.root) for p in plots]
     atomic_write_text(report, render(facts, rel, run_id))
-    if "train" in facts.manifests and facts.checkpoint.is_dir():
-        atomic_write_text(facts.checkpoint.parent / CARD, model_card(facts))
     return report, plots
+
+
+def artifact_markdown(
+    facts: RunFacts, report: Path, plots: list[Path], run_id: str | None = None
+) -> str:
+    """The report artifact: the report with its figures embedded as PNG data URIs (the
+    Prefect UI cannot open local files), each with the path of its file."""
+    figures = ["", "## Figures", ""]
+    for plot in plots:
+        figures += [f"![{plot.stem}]({png_data_uri(plot)})", "", f"`{plot.resolve()}`", ""]
+    return (
+        render(facts, run_id=run_id)
+        + "\n".join(figures if plots else [])
+        + f"\nReport with figures: `{report.resolve()}`\n"
+    )
 
 
 def publish(cfg: PipelineConfig, manifests: dict[str, dict], run_id: str | None = None) -> Path:
     """Write the report files and create the artifacts of this flow run; returns report.md."""
     facts = gather(cfg, manifests)
-    report, _ = write_files(facts, run_id)
+    report, plots = write_files(facts, run_id)
     key = slug(cfg.name)
     create_markdown_artifact(
         key=f"{key}-report",
-        markdown=render(facts, run_id=run_id) + f"\nReport with figures: `{report.resolve()}`\n",
+        markdown=artifact_markdown(facts, report, plots, run_id),
         description=f"{cfg.name}: config, lineage, training and evaluation",
     )
     if facts.log:
@@ -307,6 +288,6 @@ def publish(cfg: PipelineConfig, manifests: dict[str, dict], run_id: str | None 
             key=f"{key}-checkpoint",
             link=facts.checkpoint.resolve().as_uri(),
             link_text=str(facts.checkpoint),
-            description=f"{cfg.name}: final checkpoint (model card: {CARD} beside it)",
+            description=f"{cfg.name}: final checkpoint (model card: {CARD} inside it)",
         )
     return report

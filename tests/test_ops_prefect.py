@@ -208,7 +208,7 @@ def test_quickstart_smoke_through_a_deployment_completes_with_artifacts(served: 
     link = by_key["quickstart-smoke-checkpoint"]
     # Prefect stores a link artifact as markdown: [text](file:///.../train/model)
     assert link.data.endswith(f"({(runs / 'train/model').resolve().as_uri()})"), link.data
-    assert train["stage_hash"] in (runs / "train/MODEL_CARD.md").read_text()
+    assert train["stage_hash"] in (runs / "train/model/README.md").read_text()
     assert "![loss](plots/loss.png)" in (runs / "report.md").read_text()
     assert (runs / "plots/loss.png").read_bytes()[:4] == b"\x89PNG"
     print(f"quickstart smoke through the deployment: {seconds:.1f}s")

@@ -90,6 +90,11 @@ class MTBenchConfig(Strict):
     baseline_answers: str | None = None  # pairwise: the baseline's answer jsonl (gpt-3.5-turbo)
     max_new_tokens: int = Field(1024, gt=0)  # FastChat gen_model_answer default
     limit: int | None = Field(None, gt=0)  # first N questions (smoke runs)
+    # single grading: 'parsed' reads the judgment's [[N]] (FastChat); 'expected' is the judge's
+    # probability-weighted rating sum_k k P(k), k = 1..10, where the backend gives token
+    # probabilities (local: always, a rating is asked for when the judgment states none;
+    # openai: from logprobs at the judgment's [[N]]), else the parsed one (docs/judging.md)
+    rating: Literal["parsed", "expected"] = "parsed"
 
     @model_validator(mode="after")
     def _baseline(self) -> MTBenchConfig:

@@ -80,9 +80,18 @@ class TrainConfig(Strict):
     distributed: DistributedConfig | None = None
     # None: no probe; set: probe.jsonl, probe/* in metrics.json and the likelihood-trend plot
     probe: ProbeConfig | None = None
+    # experiment trackers fed with every step's log row (align/train/trackers.py), offline by
+    # default; each needs its optional extra: pip install -e '.[tensorboard]' (or mlflow, wandb)
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _lengths(self) -> TrainConfig:
         if self.max_prompt_length >= self.max_length:
             raise ValueError("max_prompt_length must be smaller than max_length")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_trackers(self) -> TrainConfig:
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError("report_to: a tracker is listed twice")
         return self

@@ -122,4 +122,6 @@ def answer_record(
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """One JSON object a line, ASCII only (non-ASCII as \\u escapes): FastChat's readers open
+    these files in the platform's default encoding, which is not UTF-8 everywhere."""
+    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in rows))

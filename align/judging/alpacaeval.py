@@ -230,6 +230,13 @@ def _outputs(
     return list(texts)
 
 
+NO_DIFFICULTY = (
+    "no alpacaeval.difficulty file: the length-controlled win rate is reported as "
+    "lc_win_rate_no_difficulty (a GLM without the instruction-difficulty term; it can differ "
+    "from AlpacaEval's LC by several points); docs/judging.md says how to get the file"
+)
+
+
 def run_alpacaeval(
     cfg: AlpacaEvalConfig,
     backend: Backend,
@@ -276,10 +283,17 @@ def run_alpacaeval(
         [len(r["output_1"]) for r in rows],
         gammas,
     )
-    metrics["alpacaeval/lc_win_rate"] = lc.lc_win_rate if lc else None
-    metrics["alpacaeval/lc_standard_error"] = lc.lc_standard_error if lc else None
+    # without the difficulty file the GLM is another model: its LC gets a name of its own
+    name = "lc_win_rate" if gammas is not None else "lc_win_rate_no_difficulty"
+    metrics[f"alpacaeval/{name}"] = lc.lc_win_rate if lc else None
+    metrics[f"alpacaeval/{name.replace('win_rate', 'standard_error')}"] = (
+        lc.lc_standard_error if lc else None
+    )
     metrics["alpacaeval/lc_with_difficulty"] = int(gammas is not None)
     warnings = []
+    if gammas is None:
+        warnings.append(NO_DIFFICULTY)
+        log.warning("alpacaeval: %s", NO_DIFFICULTY)
     if lc is not None:
         atomic_write_json(out_dir / "lc_glm.json", vars(lc))
         if lc.warning:

@@ -32,8 +32,8 @@ from align.data.fastchat import (
 from align.judging.policy import GenerateFn
 from align.judging.prompts import MTBENCH
 from align.judging.report import Outcome
-from align.llm.backend import Backend, ChatRequest
-from align.llm.parsing import parse_rating, parse_verdict
+from align.llm.backend import Backend, ChatRequest, ChatResult
+from align.llm.parsing import expected_rating, parse_rating, parse_verdict
 
 log = logging.getLogger("align.judging.mtbench")
 NEED_REF_CATS = frozenset({"math", "reasoning", "coding", "arena-hard-200"})
@@ -52,7 +52,8 @@ Answers = dict[QuestionId, tuple[str, ...]]
 
 
 def safe_name(name: str) -> str:
-    """A model or judge name as a file name."""
+    """A model or judge id as the one name used for both its file and its records ('org/m' ->
+    'org_m'): FastChat names a model by its answer file's stem."""
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "model"
 
 
@@ -86,7 +87,12 @@ def _turns(q: Question) -> tuple[int, ...]:
 
 
 def single_request(
-    q: Question, answer: tuple[str, ...], ref: tuple[str, ...] | None, turn: int, max_tokens: int
+    q: Question,
+    answer: tuple[str, ...],
+    ref: tuple[str, ...] | None,
+    turn: int,
+    max_tokens: int,
+    expected: bool = False,
 ) -> ChatRequest:
     """The judge call grading `answer[turn - 1]` (reference-guided when `ref` is given)."""
     name = "mtbench-single" + ("-ref" if ref else "") + ("-multi" if turn == 2 else "")
@@ -102,7 +108,19 @@ def single_request(
         }
     if ref:
         fields.update(ref_1=ref[0], **({"ref_2": ref[1]} if turn == 2 else {}))
-    return ChatRequest.chat(t.system, t.render(**fields), t.id, max_tokens)
+    return ChatRequest.chat(t.system, t.render(**fields), t.id, max_tokens, rating_probs=expected)
+
+
+def single_score(result: ChatResult, expected: bool) -> tuple[float | None, str | None]:
+    """(score, error) of one judgment: the expected rating when asked for and the backend gave
+    its probabilities, else the judgment's parsed [[N]]."""
+    if not result.ok:
+        return None, result.error
+    if expected and result.rating_probs:
+        score = expected_rating(result.rating_probs)
+        if score is not None:
+            return score, None
+    return parse_rating(result.text or "")
 
 
 def pair_request(
@@ -134,20 +152,24 @@ def grade_single(
     model_id: str,
     judge_name: str,
     max_tokens: int,
+    expected: bool = False,
 ) -> list[dict]:
-    """FastChat single-judgment records (plus `category`, `error`, `reference_missing`)."""
+    """FastChat single-judgment records (plus `category`, `error`, `reference_missing`, and
+    with `expected` the `rating_probs` the score was taken from)."""
     jobs, requests = [], []
     for q in questions:
         for turn in _turns(q):
             ref = _reference(q, refs, turn) if q.category in NEED_REF_CATS else None
             missing = q.category in NEED_REF_CATS and ref is None
             jobs.append((q, turn, missing))
-            requests.append(single_request(q, answers[q.question_id], ref, turn, max_tokens))
+            requests.append(
+                single_request(q, answers[q.question_id], ref, turn, max_tokens, expected)
+            )
     records = []
     for (q, turn, missing), req, res in zip(
         jobs, requests, backend.complete(requests), strict=True
     ):
-        score, error = parse_rating(res.text) if res.ok else (None, res.error)
+        score, error = single_score(res, expected)
         records.append(
             {
                 "question_id": q.question_id,
@@ -161,6 +183,7 @@ def grade_single(
                 "category": q.category,
                 "error": error,
                 "reference_missing": missing,
+                **({"rating_probs": res.rating_probs} if expected else {}),
             }
         )
     return records
@@ -287,9 +310,11 @@ def run_mtbench(
 ) -> Outcome:
     """Answer, judge and score; writes model_answer/<model>.jsonl and
     model_judgment/<judge>_{single,pair}.jsonl under `out_dir`."""
+    # one name per id: the answer file's stem, its model_id and the judgment records agree
+    model_id, judge_name = safe_name(model_id), safe_name(judge_name)
     questions = read_questions(Path(cfg.questions))[: cfg.limit]
     refs: Answers = read_answers(Path(cfg.reference_answers))[1] if cfg.reference_answers else {}
-    answer_path = out_dir / "model_answer" / f"{safe_name(model_id)}.jsonl"
+    answer_path = out_dir / "model_answer" / f"{model_id}.jsonl"
     answers = _load_or_generate(questions, answer_path, generate_fn, cfg)
     write_jsonl(
         answer_path,
@@ -298,9 +323,16 @@ def run_mtbench(
     judged = out_dir / "model_judgment"
     if cfg.mode == "single":
         records = grade_single(
-            questions, answers, refs, backend, model_id, judge_name, judge_max_tokens
+            questions,
+            answers,
+            refs,
+            backend,
+            model_id,
+            judge_name,
+            judge_max_tokens,
+            cfg.rating == "expected",
         )
-        write_jsonl(judged / f"{safe_name(judge_name)}_single.jsonl", records)
+        write_jsonl(judged / f"{judge_name}_single.jsonl", records)
         return Outcome(single_scores(records), [r["error"] for r in records if r["error"]])
     assert cfg.baseline_answers is not None
     baseline_id, baseline = read_answers(Path(cfg.baseline_answers))
@@ -318,5 +350,5 @@ def run_mtbench(
         (model_id, baseline_id or "baseline", judge_name),
         judge_max_tokens,
     )
-    write_jsonl(judged / f"{safe_name(judge_name)}_pair.jsonl", records)
+    write_jsonl(judged / f"{judge_name}_pair.jsonl", records)
     return Outcome(pairwise_scores(records), [r["error"] for r in records if r["error"]])

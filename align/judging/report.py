@@ -67,13 +67,16 @@ def _mtbench(m: Metrics) -> list[str]:
 
 
 def _alpacaeval(m: Metrics) -> list[str]:
-    lc_note = "" if m["alpacaeval/lc_with_difficulty"] else " (no difficulty file: GLM without γ)"
+    with_gamma = m["alpacaeval/lc_with_difficulty"]
+    lc_note = "" if with_gamma else " without the difficulty file (GLM without γ)"
+    lc_key = "alpacaeval/lc_win_rate" if with_gamma else "alpacaeval/lc_win_rate_no_difficulty"
+    lc_head = "LC win rate" if with_gamma else "LC win rate (no difficulty)"
     return [
         "### AlpacaEval 2",
         "",
-        "| win rate | LC win rate | SE | wins | base wins | draws | total | failed | avg length |",
+        f"| win rate | {lc_head} | SE | wins | base wins | draws | total | failed | avg length |",
         "|---|---|---|---|---|---|---|---|---|",
-        f"| {_fmt(m['alpacaeval/win_rate'])} | {_fmt(m['alpacaeval/lc_win_rate'])} | "
+        f"| {_fmt(m['alpacaeval/win_rate'])} | {_fmt(m[lc_key])} | "
         f"{_fmt(m['alpacaeval/standard_error'])} | {m['alpacaeval/n_wins']} | "
         f"{m['alpacaeval/n_wins_base']} | {m['alpacaeval/n_draws']} | "
         f"{m['alpacaeval/n_total']} | {m['alpacaeval/n_failed']} | "

@@ -27,6 +27,9 @@ class ChatRequest:
     max_tokens: int
     temperature: float = 0.0
     top_logprobs: int = 0  # >0: return that many alternatives for the first output token
+    # also return P(rating = k), k = 1..10, where the judgment states its [[rating]]
+    # (align/llm/parsing.py: expected_rating); backends without token probabilities ignore it
+    rating_probs: bool = False
 
     @classmethod
     def chat(
@@ -37,21 +40,24 @@ class ChatRequest:
         max_tokens: int,
         temperature: float = 0.0,
         top_logprobs: int = 0,
+        rating_probs: bool = False,
     ) -> ChatRequest:
         messages = ((("system", system),) if system else ()) + (("user", user),)
-        return cls(messages, template, max_tokens, temperature, top_logprobs)
+        return cls(messages, template, max_tokens, temperature, top_logprobs, rating_probs)
 
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
 
     def payload(self) -> dict[str, Any]:
-        """Everything that determines the judge's answer (hashed for the cache key)."""
-        return {
+        """Everything that determines the judge's answer (hashed for the cache key); a key
+        appears only when set, so older cache entries keep their keys."""
+        out = {
             "messages": self.message_dicts(),
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_logprobs": self.top_logprobs,
         }
+        return {**out, "rating_probs": True} if self.rating_probs else out
 
     def canonical(self) -> str:
         return canonical_json(self.payload())
@@ -63,6 +69,7 @@ class ChatResult:
 
     text: str | None = None
     top_logprobs: dict[str, float] | None = None  # first output token: token -> log-prob
+    rating_probs: dict[int, float] | None = None  # P(rating = k), when asked for and available
     error: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
@@ -78,6 +85,7 @@ class ChatResult:
         return {
             "text": self.text,
             "top_logprobs": self.top_logprobs,
+            "rating_probs": self.rating_probs,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_usd,
@@ -89,6 +97,11 @@ class ChatResult:
         return cls(
             text=data["text"],
             top_logprobs=data.get("top_logprobs"),
+            rating_probs=(
+                {int(k): float(v) for k, v in data["rating_probs"].items()}
+                if data.get("rating_probs")
+                else None
+            ),
             input_tokens=int(data.get("input_tokens") or 0),
             output_tokens=int(data.get("output_tokens") or 0),
             cost_usd=data.get("cost_usd"),

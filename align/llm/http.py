@@ -29,9 +29,11 @@ import httpx
 from align.config.judge import BackendConfig
 from align.core.errors import AlignError
 from align.llm.backend import ChatRequest, ChatResult, OnResult, judge_fingerprint
+from align.llm.parsing import rating_token_probs
 
 log = logging.getLogger("align.judging.http")
 RETRY_STATUS = frozenset({408, 409, 425, 429})
+RATING_TOP_LOGPROBS = 20  # alternatives per token with rating_probs (OpenAI's maximum)
 MAX_RETRY_AFTER_S = 300.0  # a server asking for longer is treated as asking for this
 T = TypeVar("T")
 
@@ -141,6 +143,23 @@ def _first_token_logprobs(choice: dict) -> dict[str, float] | None:
     return out or None
 
 
+def _rating_probs(choice: dict) -> dict[int, float] | None:
+    """P(rating = k) at the judgment's [[rating]], from every output token's top log-probs."""
+    content = (choice.get("logprobs") or {}).get("content") or []
+    tokens, alternatives = [], []
+    for entry in content:
+        if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+            return None
+        alts = {
+            a["token"]: float(a.get("logprob", -math.inf))
+            for a in [entry, *(entry.get("top_logprobs") or [])]
+            if isinstance(a, dict) and isinstance(a.get("token"), str)
+        }
+        tokens.append(entry["token"])
+        alternatives.append(alts)
+    return rating_token_probs(tokens, alternatives)
+
+
 class OpenAIBackend:
     """POST {base_url}/chat/completions for each request, concurrently, with retries."""
 
@@ -196,9 +215,10 @@ class OpenAIBackend:
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
-        if request.top_logprobs:
+        if request.top_logprobs or request.rating_probs:
             body["logprobs"] = True
-            body["top_logprobs"] = request.top_logprobs
+            top = max(request.top_logprobs, RATING_TOP_LOGPROBS if request.rating_probs else 0)
+            body["top_logprobs"] = top
         return body
 
     async def _with_retries(
@@ -212,7 +232,7 @@ class OpenAIBackend:
                 await pacer.wait()
                 self._stats["requests"] += 1
                 try:
-                    result = self._parse(await client.post(self._url, json=body))
+                    result = self._parse(await client.post(self._url, json=body), req)
                 except httpx.TimeoutException:
                     reason = f"timeout after {self.cfg.timeout_s:g}s"
                 except httpx.TransportError as exc:
@@ -242,7 +262,7 @@ class OpenAIBackend:
         log.warning("judge request failed: %s", message)
         return ChatResult(error=message, seconds=time.monotonic() - started)
 
-    def _parse(self, resp: httpx.Response) -> ChatResult:
+    def _parse(self, resp: httpx.Response, request: ChatRequest) -> ChatResult:
         status = resp.status_code
         if status in RETRY_STATUS or status >= 500:
             raise _Retry(f"HTTP {status}", retry_after_s(resp.headers))
@@ -260,6 +280,7 @@ class OpenAIBackend:
             return ChatResult(
                 text=content or "",
                 top_logprobs=_first_token_logprobs(choice),
+                rating_probs=_rating_probs(choice) if request.rating_probs else None,
                 input_tokens=int(usage.get("prompt_tokens") or 0),
                 output_tokens=int(usage.get("completion_tokens") or 0),
             )

@@ -14,7 +14,9 @@ import torch
 
 from align.config.judge import BackendConfig
 from align.llm.backend import ChatRequest, ChatResult, OnResult, judge_fingerprint
+from align.llm.parsing import RATINGS, rating_prefix
 from align.model.loading import load_model, load_tokenizer, resolve_model
+from align.model.logprobs import shared_prompt_logps
 from align.model.tokenize import prompt_text
 
 
@@ -120,4 +122,31 @@ class LocalBackend:
             )
             self._stats["input_tokens"] += lengths[i]
             self._stats["output_tokens"] += n_out
+        asked = [i for i in fits if requests[i].rating_probs and out[i].ok]
+        pairs = [(texts[i], out[i].text or "") for i in asked]
+        for i, probs in zip(asked, self._rating_probs(pairs), strict=True):
+            out[i].rating_probs = probs
+        return out
+
+    @torch.no_grad()
+    def _rating_probs(self, pairs: list[tuple[str, str]]) -> list[dict[int, float] | None]:
+        """P(rating = k) for each (chat-templated prompt, judgment): the judge's own
+        probability of continuing `rating_prefix(judgment)` with `k]]`, k = 1..10 (each
+        candidate scored whole, so '10' is never confused with '1'), normalised over the ten.
+        None where the prefix and a candidate do not fit the context."""
+        model, tok = self._model, self._tokenizer
+        assert model is not None and tok is not None
+        context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        candidates = [tok(f"{k}]]", add_special_tokens=False).input_ids for k in RATINGS]
+        longest = max(len(c) for c in candidates)
+        out: list[dict[int, float] | None] = []
+        for prompt, judgment in pairs:
+            prefix, _ = rating_prefix(judgment)
+            ids = tok(prompt + prefix, add_special_tokens=False).input_ids
+            if len(ids) + longest > context:
+                out.append(None)
+                continue
+            logps, _ = shared_prompt_logps(model, [(ids, candidates)], tok.pad_token_id)
+            probs = torch.softmax(logps.float(), dim=-1).tolist()
+            out.append(dict(zip(RATINGS, probs, strict=True)))
         return out

@@ -63,3 +63,53 @@ def parse_ab(text: str, top_logprobs: dict[str, float] | None) -> tuple[float | 
     if label is None:
         return None, "reply is not the letter A or B"
     return (1.0 if label == "A" else 0.0), None
+
+
+# Expected rating (`judge.mtbench.rating: expected`): the judge's probability of each rating
+RATINGS = tuple(range(1, 11))
+FORCED_RATING = "\n\nRating: [["  # appended when a judgment states no [[rating]]
+
+
+def rating_prefix(text: str) -> tuple[str, bool]:
+    """(the judgment up to and including the `[[` that opens its first [[N]] rating, False),
+    or (the whole judgment + FORCED_RATING, True) when it states none: the context whose
+    next tokens the rating distribution is read from."""
+    match = RATING.search(text)
+    if match is not None:
+        return text[: match.start() + 2], False
+    return text.rstrip() + FORCED_RATING, True
+
+
+def expected_rating(probs: dict[int, float]) -> float | None:
+    """E[rating] = sum_k k p_k / sum_k p_k over k = 1..10; None when no mass is on a rating."""
+    total = sum(probs.get(k, 0.0) for k in RATINGS)
+    if total <= 0:
+        return None
+    return sum(k * probs.get(k, 0.0) for k in RATINGS) / total
+
+
+def rating_token_probs(
+    tokens: list[str], alternatives: list[dict[str, float]]
+) -> dict[int, float] | None:
+    """P(rating = k) from per-token top log-probs of a generated judgment (an OpenAI-style
+    `logprobs.content`): the alternatives of the token that starts right after the `[[` of its
+    first [[N]]; a token '10' counts as 10, '1' as 1 (a tokenizer that splits 10 into '1','0'
+    puts 10's mass on 1). None when the judgment states no rating or none of the
+    alternatives is one."""
+    text = "".join(tokens)
+    match = RATING.search(text)
+    if match is None:
+        return None
+    start, offset = match.start() + 2, 0
+    for token, alts in zip(tokens, alternatives, strict=True):
+        if offset < start < offset + len(token):
+            return None  # '[[' and the digit share a token: no distribution over digits alone
+        if offset == start:
+            probs: dict[int, float] = {}
+            for alt, lp in alts.items():
+                if alt.strip().isdigit() and int(alt.strip()) in RATINGS:
+                    k = int(alt.strip())
+                    probs[k] = probs.get(k, 0.0) + math.exp(lp)
+            return probs or None
+        offset += len(token)
+    return None

@@ -286,7 +286,10 @@ def _section_value(cfg: PipelineConfig, key: str) -> Any:
             "max_prompt_length": cfg.train.max_prompt_length,
             "prompt_overflow": cfg.train.prompt_overflow,
         }
-    return section(cfg, key)
+    value = section(cfg, key)
+    if key == "train":  # where the log rows are also sent changes no output: no re-run
+        value.pop("report_to", None)
+    return value
 
 
 def plan(cfg: PipelineConfig) -> list[StagePlan]:

@@ -9,7 +9,6 @@ data URIs: no script, no external reference.
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import tempfile
@@ -19,7 +18,7 @@ from align.config import PipelineConfig
 from align.core.errors import AlignError
 from align.core.io import atomic_write_text
 from align.pipeline import STAGES, active_stages, stage_folder
-from align.pipeline.plots import FIGURES, plot_training
+from align.pipeline.plots import FIGURES, plot_training, png_data_uri
 
 STYLE = "body{font-family:sans-serif;max-width:48rem;margin:2rem auto}img{max-width:100%}"
 
@@ -51,8 +50,7 @@ def _figures(rows: list[dict]) -> list[str]:
     """<figure> elements with align/plots.py's training figures of `rows`, inlined."""
     with tempfile.TemporaryDirectory() as tmp:
         return [
-            f'<figure><img alt="{html.escape(png.stem)}" src="data:image/png;base64,'
-            f'{base64.b64encode(png.read_bytes()).decode()}">'
+            f'<figure><img alt="{html.escape(png.stem)}" src="{png_data_uri(png)}">'
             f"<figcaption>{html.escape(FIGURES[png.name][0])}</figcaption></figure>"
             for png in plot_training(rows, Path(tmp))
         ]

@@ -14,6 +14,7 @@ from align.core.errors import AlignError
 from align.core.io import atomic_write_text, read_json
 from align.data.datasets import load_records
 from align.data.records import read_shards
+from align.stages.model_card import write_model_card
 from align.train.launch import ERROR
 
 
@@ -34,6 +35,7 @@ def train_stage(
         metrics = launch_training(cfg, path, out, stage_hash)
     else:
         metrics = train_offline(cfg, path, out, stage_hash)
+    write_model_card(out / "model", cfg, upstream, stage_hash, metrics)
     return metrics, [out / "model" / "config.json"]
 
 

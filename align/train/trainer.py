@@ -49,7 +49,7 @@ from align.model.logprobs import (
     shared_prompt_token_logps,
 )
 from align.model.tokenize import encode_record
-from align.train import checkpoint
+from align.train import checkpoint, trackers
 from align.train.bmc import bmc_batch_logps
 from align.train.losses import LossOutput, counting_rows, kwise_loss
 from align.train.precision import MasterWeights, weights_dtype
@@ -238,6 +238,7 @@ class Trainer:
         self.acc = Accelerator(
             mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
             cpu=not torch.cuda.is_available(),
+            **trackers.accelerator_kwargs(cfg, out),  # train.report_to
         )
         self.value_head: ValueHead | None = None  # UPO only; saved with every checkpoint
         self.probe_set: list[Example] = []  # train.probe's fixed records (offline only)
@@ -490,6 +491,7 @@ class Trainer:
         row each, checkpoints every `save_steps` and at the end), then `finish`."""
         self.out.mkdir(parents=True, exist_ok=True)
         self.try_resume()
+        trackers.start(self.acc, self.cfg, self.out)
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -513,6 +515,7 @@ class Trainer:
             if self.acc.is_main_process:
                 with open(log, "a") as f:
                     f.write(json.dumps(row) + "\n")
+            trackers.log(self.acc, self.cfg, row, self.step)
             bar.update(1)
             bar.set_postfix(self._postfix(row))
             if self.tc.probe and (
@@ -522,6 +525,7 @@ class Trainer:
             if self.step % self.tc.save_steps == 0 or self.step == self.total_steps:
                 self.save_checkpoint()
         bar.close()
+        trackers.end(self.acc, self.cfg)
         return self.finish()
 
     def _probe(self) -> None:
