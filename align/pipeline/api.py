@@ -16,6 +16,7 @@ from align.config import load_pipeline as _load_config
 from align.core.errors import AlignError
 from align.core.io import read_json
 from align.pipeline.graph import MANIFEST, plan, stage_folder
+from align.pipeline.rounds import close_round, prepare_run
 from align.pipeline.run import run_stage as _run_stage
 
 Pipeline = str | Path | PipelineConfig
@@ -57,9 +58,17 @@ def run(
     pipeline: Pipeline, overrides: list[str] | None = None, smoke: bool = False
 ) -> dict[str, dict]:
     """Run every stage in order, skipping those whose output is current; returns
-    {stage: manifest}. A failing stage raises and leaves the earlier stages' outputs."""
+    {stage: manifest}. A failing stage raises and leaves the earlier stages' outputs. A
+    pipeline with `rounds` (given as a YAML path) runs one round and closes it (docs/rounds.md)."""
     cfg = _config(pipeline, overrides, smoke)
-    return {p.name: _run_stage(cfg, p.name)[0] for p in plan(cfg)}
+    if cfg.rounds is None:
+        return {p.name: _run_stage(cfg, p.name)[0] for p in plan(cfg)}
+    if isinstance(pipeline, PipelineConfig):
+        raise AlignError("a pipeline with rounds runs from its YAML path: pass the path")
+    cfg, _, round_plan = prepare_run(str(pipeline), list(overrides or []), smoke)
+    manifests = {p.name: _run_stage(cfg, p.name)[0] for p in plan(cfg)}
+    close_round(cfg, round_plan)
+    return manifests
 
 
 @dataclass
