@@ -86,12 +86,87 @@ def test_missing_pipeline_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert line.startswith(f"error: {path}: no such pipeline file")
 
 
-def test_parameter_of_another_loss_after_set(capsys: pytest.CaptureFixture[str]) -> None:
-    # quickstart sets nca's alpha, so switching only the name leaves a parameter dpo lacks
-    assert main(["validate", str(QUICKSTART), "--set", "train.loss.name=dpo"]) == 2
+def test_switching_the_loss_keeps_shared_parameters_and_names_dropped_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # quickstart sets nca's beta 0.1 and alpha 0.25: dpo takes beta, not alpha
+    assert main(["validate", str(QUICKSTART), "--set", "train.loss.name=dpo"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        f"--set train.loss.name=dpo: dropped {QUICKSTART}'s alpha (not a parameter of dpo); "
+        "kept beta\n"
+    )
+    assert "loss dpo" in out and "  train.loss.beta = 0.1  (default; " in out
+    # ipo takes neither: tau and length_norm fall back to their defaults
+    assert main(["validate", str(QUICKSTART), "--set", "train.loss.name=ipo"]) == 0
+    out, err = capsys.readouterr()
+    assert "dropped" in err and "beta, alpha (not parameters of ipo)" in err
+    assert "kept" not in err
+    assert "  train.loss.tau = 0.1  (default; " in out
+    # a parameter given with --set is the user's own: it is validated, never dropped
+    args = ["--set", "train.loss.name=dpo", "--set", "train.loss.alpha=0.5"]
+    assert main(["validate", str(QUICKSTART), *args]) == 2
     assert error_line(capsys) == (
         f"error: {QUICKSTART}: train.loss.alpha: unknown key; valid keys here: name, beta"
     )
+    # -q: the note is left out with everything else
+    assert main(["validate", "-q", str(QUICKSTART), "--set", "train.loss.name=dpo"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_format_typo_gets_did_you_mean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    override = "data.train.format=kwsie"
+    assert main(["validate", str(QUICKSTART), "--set", override]) == 2
+    line = error_line(capsys)
+    assert "data.train.format: 'kwsie' is not one of" in line
+    assert line.endswith("(did you mean 'kwise'?)")
+
+
+@pytest.mark.parametrize(
+    ("rows", "fmt", "column", "looks_like"),
+    [
+        ([{"prompt": "2+2?", "rejected": "5"}], "pairs", "chosen", None),  # pairs without chosen
+        (
+            [{"prompt": "2+2?", "responses": ["4", "5"], "rewards": [1, 0]}] * 3,
+            "pairs",
+            "chosen",
+            "kwise",
+        ),
+        ([{"prompt": "2+2?", "chosen": "4", "rejected": "5"}] * 3, "kwise", "responses", "pairs"),
+        ([{"question": "2+2?"}], "prompts", "prompt", None),
+    ],
+)
+def test_validate_reads_the_data_and_names_the_missing_column(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    rows: list,
+    fmt: str,
+    column: str,
+    looks_like: str | None,
+) -> None:
+    """Before any model loads: the column the format needs is named, with the file."""
+    import json
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--set", f"data.train={{path: {data}, format: {fmt}}}"]
+    if fmt != "prompts":  # train on the file's own responses
+        args += ["--set", "sample=null"]
+    assert main(["validate", str(QUICKSTART), *args]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: data.train: {data}")
+    assert f"no column {column!r}" in line
+    if looks_like:
+        assert line.endswith(
+            f"the file looks like format {looks_like!r}: set data.*.format: {looks_like}"
+        )
+
+
+def test_validate_reports_what_it_read(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(QUICKSTART)]) == 0
+    out = capsys.readouterr().out
+    assert "  data.train: data/quickstart/train.jsonl ok (prompts, first 8 records read)" in out
+    assert "  data.eval: data/quickstart/heldout.jsonl ok (prompts, first 8 records read)" in out
 
 
 def test_unknown_loss_from_set(capsys: pytest.CaptureFixture[str]) -> None:

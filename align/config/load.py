@@ -234,7 +234,8 @@ def load_pipeline(
         name = raw["train"]["loss"]["name"]
         kept = [k for k in raw["train"]["loss"] if k != "name"]
         notes.append(
-            f"--set train.loss.name={name}: dropped {', '.join(dropped)} from {path} "
-            f"(not parameters of {name})" + (f"; kept {', '.join(kept)}" if kept else "")
+            f"--set train.loss.name={name}: dropped {path}'s {', '.join(dropped)} "
+            f"({'not a parameter' if len(dropped) == 1 else 'not parameters'} of {name})"
+            + (f"; kept {', '.join(kept)}" if kept else "")
         )
     return validate_dict(raw, str(path))
