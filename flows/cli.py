@@ -111,12 +111,9 @@ def _plan_json(cfg: PipelineConfig) -> list[dict]:
 
 
 def _short_outputs(paths: list[str], run_folder: str) -> str:
-    """Output paths relative to the run folder: 'sample/', or 'train/: model, log.jsonl, ...'."""
-    rel = [os.path.relpath(p, run_folder) for p in paths]
-    folders = {r.split("/")[0] for r in rel}
-    if len(folders) == 1 and len(rel) > 1:
-        return f"{folders.pop()}/: " + ", ".join(r.split("/", 1)[1] for r in rel)
-    return ", ".join(r if "/" in r else f"{r}/" for r in rel)
+    """The folders of the outputs, relative to the run folder ('train/'); files in it: -v."""
+    rel = [Path(os.path.relpath(p, run_folder)).parts[0] for p in paths]
+    return ", ".join(f"{r}/" for r in dict.fromkeys(rel))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -133,9 +130,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.verbosity == VERBOSE:  # one block per stage: full hashes and paths do not fit a table
         console.print(f"[bold]{cfg.name}[/]: {args.pipeline}")
         for st in stages:
-            console.print(
-                f"\n[bold]{st['stage']}[/] ({st['status']}) stage hash {st['stage_hash']}"
-            )
+            console.print(f"\n[bold]{st['stage']}[/] ({st['status']})")
+            console.print(f"  stage hash {st['stage_hash']}", soft_wrap=True)
             for key, value in st["inputs"].items():
                 console.print(f"  input {key}: {value}", soft_wrap=True)
             for path in st["outputs"]:

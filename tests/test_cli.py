@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +17,19 @@ from flows.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "pipelines" / "quickstart.yaml"
 NCA_7B = ROOT / "pipelines" / "nca-7b.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _restore_verbosity_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`main` sets the libraries' verbosity in os.environ (for the processes it starts): undo
+    that after each test."""
+    from flows.output import ENVIRONMENT
+
+    for key in {k for env in ENVIRONMENT.values() for k in env}:
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
 
 
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -145,8 +161,6 @@ def test_validate_reads_the_data_and_names_the_missing_column(
     looks_like: str | None,
 ) -> None:
     """Before any model loads: the column the format needs is named, with the file."""
-    import json
-
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["--set", f"data.train={{path: {data}, format: {fmt}}}"]
@@ -284,3 +298,74 @@ def test_dvc_deps_are_each_stages_own_code() -> None:
     assert not any("judging" in d for name in ("sample", "annotate", "train") for d in code[name])
     assert "align/train" in code["train"] and "align/train" not in code["annotate"]
     assert all("align/core" in deps and "align/__init__.py" in deps for deps in code.values())
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"align {version('align')}\n"
+
+
+def test_plan_fits_80_columns_and_verbose_shows_hashes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 80 columns nothing is cut (no '…'), no hash or dict repr is shown, each stage's
+    output folder is named; -v and --json carry the full hashes and paths."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["plan", str(QUICKSTART)]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out and not re.search(r"[0-9a-f]{12}", out) and "{" not in out
+    stages = ["prepare-model", "sample", "annotate", "train", "evaluate", "judge"]
+    assert first_column(out) == stages
+    assert all(f"{s}/" in out for s in stages) and "outputs under runs/quickstart/" in out
+
+    assert main(["plan", "--json", str(QUICKSTART)]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert [p["stage"] for p in planned] == stages
+    assert all(re.fullmatch(r"[0-9a-f]{64}", p["stage_hash"]) for p in planned)
+    assert "runs/quickstart/train/model" in planned[3]["outputs"]
+
+    assert main(["plan", "-v", str(QUICKSTART)]) == 0
+    verbose = capsys.readouterr().out
+    for p in planned:
+        assert f"stage hash {p['stage_hash']}" in verbose
+        assert all(f"output {o}" in verbose for o in p["outputs"])
+    assert f"input sample: {planned[1]['stage_hash']}" in verbose
+
+
+def test_quiet_validate_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-q", "validate", str(QUICKSTART)]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_stage_lines_name_the_key_figures_and_the_folder() -> None:
+    from flows.output import stage_line
+
+    manifest = {
+        "seconds": 12.4,
+        "summary": {"prompts": 64, "k": 4, "shards": 2, "new_tokens": 3000, "tokens_per_s": 97.3},
+    }
+    assert stage_line("sample", manifest, True, "runs/q/sample") == (
+        "sample: done in 12s, prompts 64 x 4 tokens/s 97 -> runs/q/sample"
+    )
+    train = {
+        "seconds": 3,
+        "summary": {
+            "steps": 8,
+            "first/loss": 1.386,
+            "final/loss": 0.91,
+            "final/rewards/accuracy": None,
+        },
+    }
+    assert stage_line("train", train, False, "runs/q/train") == (
+        "train: up to date, steps 8 loss 1.386 -> 0.91 -> runs/q/train"
+    )
+    hashes = {"policy": {"source": "embedded", "path": ".cache/x", "hash": "ab" * 32}}
+    assert stage_line("prepare-model", {"seconds": 1, "summary": hashes}, True, "r/p") == (
+        "prepare-model: done in 1s, policy embedded -> r/p"
+    )
