@@ -72,13 +72,11 @@ def _add_pipeline(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from align.data.peek import check_dataset
+    from align.data.peek import check_inputs
     from align.pipeline import active_stages
 
     cfg = load_pipeline(args)
-    checked = [check_dataset(cfg.data.train, "data.train")]
-    if cfg.data.eval is not None:
-        checked.append(check_dataset(cfg.data.eval, "data.eval"))
+    checked = check_inputs(cfg)
     if args.verbosity == QUIET:
         return 0
     print(
@@ -192,9 +190,11 @@ def temporary_prefect_server() -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from align.data.peek import check_inputs
     from align.pipeline import plan, run_stage, stage_folder
 
     cfg = load_pipeline(args)  # fail fast, before Prefect starts
+    check_inputs(cfg, local_only=True)  # a wrong column, before any model loads
     started = time.time()
     with _stoppable():
         if args.no_prefect:

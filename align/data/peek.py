@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from align.config import DatasetConfig
+from align.config import DatasetConfig, PipelineConfig
 from align.core.errors import AlignError
 from align.data.datasets import LOCAL_LOADERS, check_columns, normalise_row
 
@@ -27,9 +27,11 @@ def _jsonl_rows(path: Path, n: int) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise AlignError(f"{path} line {number}: not JSON ({exc.msg})") from None
+                raise AlignError(
+                    f"cannot read {path}: line {number} is not JSON ({exc.msg})"
+                ) from None
             if not isinstance(row, dict):
-                raise AlignError(f"{path} line {number}: a record must be a JSON object")
+                raise AlignError(f"cannot read {path}: line {number} is not a JSON object")
             rows.append(row)
             if len(rows) == n:
                 break
@@ -71,7 +73,9 @@ def first_rows(ds: DatasetConfig, n: int = PEEK_ROWS) -> tuple[set[str], list[di
         try:
             data = json.loads(path.read_text(encoding="utf-8") or "[]")
         except json.JSONDecodeError as exc:
-            raise AlignError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+            raise AlignError(
+                f"cannot read {path}: not JSON ({exc.msg}, line {exc.lineno})"
+            ) from None
         rows = data if isinstance(data, list) else []
         rows = [r for r in rows[:n] if isinstance(r, dict)]
     return {k for r in rows for k in r}, rows
@@ -88,3 +92,15 @@ def check_dataset(ds: DatasetConfig, what: str) -> str:
     for i, row in enumerate(rows):
         normalise_row(row, i, ds, f"{what}: {source} record {i}")
     return f"{what}: {source} ok ({ds.format}, first {len(rows)} records read)"
+
+
+def check_inputs(cfg: PipelineConfig, local_only: bool = False) -> list[str]:
+    """`check_dataset` on data.train and data.eval (with `local_only`, only those read from a
+    local file: `align run` checks them before anything starts, hub datasets are left to
+    `align validate`); one line per dataset checked."""
+    sections = [("data.train", cfg.data.train), ("data.eval", cfg.data.eval)]
+    return [
+        check_dataset(ds, what)
+        for what, ds in sections
+        if ds is not None and (ds.path is not None or not local_only)
+    ]
