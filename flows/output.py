@@ -32,18 +32,29 @@ ENVIRONMENT = {
 }
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (a test's capture, a redirected stream)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def set_verbosity(level: int) -> None:
-    """Quiet (or not) the libraries in this process and in every process it starts."""
-    for env in ENVIRONMENT.values():
-        for key in env:
-            os.environ.pop(key, None)
-    os.environ.update(ENVIRONMENT[level])
+    """Quiet (or not) the libraries in this process and in every process it starts; a value
+    the user set in the environment wins."""
+    for key, value in ENVIRONMENT[level].items():
+        os.environ.setdefault(key, value)
     if level < VERBOSE:
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
     LINES.handlers.clear()
     if level > QUIET:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         LINES.addHandler(handler)
     LINES.setLevel(logging.INFO)
