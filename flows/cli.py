@@ -18,7 +18,7 @@ from align.config import load_pipeline as _load
 from align.config.losses import loss_parameters
 from align.core.errors import AlignError
 from align.core.io import atomic_write_text
-from flows.output import LINES, NORMAL, QUIET, VERBOSE, set_verbosity, stage_line
+from flows.output import LINES, NORMAL, QUIET, VERBOSE, stage_line, verbosity
 
 
 def load_pipeline(args: argparse.Namespace) -> PipelineConfig:
@@ -307,9 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    set_verbosity(args.verbosity)  # before Prefect, transformers or torch are imported
     try:
-        return args.fn(args)
+        with verbosity(args.verbosity):  # before Prefect, transformers or torch are imported
+            return args.fn(args)
     except AlignError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,17 +2,19 @@
 
 Levels: -1 (`-q`: errors and the final result only), 0 (default: a progress bar per long step
 and one line per finished stage), 1 (`-v`: Prefect's logs, library warnings and loading bars
-too). `set_verbosity` writes the level into the environment before Prefect, transformers or
+too). `verbosity` writes the level into the environment before Prefect, transformers or
 torch are imported, so the stage worker processes the flow spawns inherit it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -44,11 +46,26 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
-def set_verbosity(level: int) -> None:
-    """Quiet (or not) the libraries in this process and in every process it starts; a value
-    the user set in the environment wins."""
+@contextlib.contextmanager
+def verbosity(level: int) -> Iterator[None]:
+    """Within: the libraries quiet (or not) in this process and in every process it starts; a
+    value the user set in the environment wins. The environment is restored on leaving, so a
+    caller of the CLI's `main` in-process keeps its own."""
+    saved = {key: os.environ.get(key) for key in ENVIRONMENT[level]}
     for key, value in ENVIRONMENT[level].items():
         os.environ.setdefault(key, value)
+    try:
+        _configure(level)
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _configure(level: int) -> None:
     if level < VERBOSE:
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,19 +16,6 @@ from flows.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "pipelines" / "quickstart.yaml"
 NCA_7B = ROOT / "pipelines" / "nca-7b.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _restore_verbosity_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`main` sets the libraries' verbosity in os.environ (for the processes it starts): undo
-    that after each test."""
-    from flows.output import ENVIRONMENT
-
-    for key in {k for env in ENVIRONMENT.values() for k in env}:
-        if key in os.environ:
-            monkeypatch.setenv(key, os.environ[key])
-        else:
-            monkeypatch.delenv(key, raising=False)
 
 
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:

@@ -4,7 +4,6 @@ against what the README quotes), the long ones by the test named for them below 
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from pathlib import Path
@@ -55,13 +54,6 @@ def run_here(
     command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of one README `align ...` command, run in-process."""
-    from flows.output import ENVIRONMENT
-
-    for key in {k for env in ENVIRONMENT.values() for k in env}:  # main sets these: undo it
-        if key in os.environ:
-            monkeypatch.setenv(key, os.environ[key])
-        else:
-            monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(ROOT)
     argv = shlex.split(command)
     assert argv[0] == "align"
