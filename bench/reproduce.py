@@ -1,5 +1,6 @@
-"""Re-run every pipeline whose figures the README records (bench/recorded.yaml) and compare the
-figures it prints now with the recorded ones, to the recorded precision (3 decimals).
+"""Re-run every pipeline whose figures README.md and BENCHMARKS.md record (bench/recorded.yaml)
+and compare the figures it prints now with the recorded ones, to the recorded precision (3
+decimals).
 
     python -m bench.reproduce [--only quickstart] [--set KEY=VALUE ...] [--smoke]
 

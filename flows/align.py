@@ -36,7 +36,9 @@ from align.pipeline.graph import StagePlan
 from align.pipeline.history import keep_run
 from align.pipeline.rounds import close_round, prepare_run
 from flows.dvc_record import record_in_dvc_lock
+from flows.output import LINES, stage_line
 from flows.report import publish
+from flows.stopping import reclaim_sigterm
 from tasks.annotate import annotate_task
 from tasks.evaluate import evaluate_task
 from tasks.judge import judge_task
@@ -91,6 +93,7 @@ def align_flow(
 ) -> dict:
     """Run every stage of `pipeline` (a YAML path) with `--set` overrides; returns the manifests.
     `record_dvc`: afterwards, record the outputs in the pipeline's dvc.lock (flows/dvc_record)."""
+    reclaim_sigterm()  # under `align run`: SIGTERM stops the run as Ctrl-C does
     logger = get_run_logger()
     cfg, overrides, round_plan = prepare_run(pipeline, list(overrides or []), smoke)
     preflight(cfg, pipeline)
@@ -109,13 +112,18 @@ def align_flow(
         args = (pipeline, overrides, smoke, p.stage_hash, threads[p.name])
         if p.cached:  # returns its manifest at once and loads nothing: no worker process needed
             done[p.name] = task(*args)
+            LINES.info(stage_line(p.name, done[p.name], False, str(p.folder)))
             continue
         futures[p.name] = task.submit(
             *args, wait_for=[futures[u] for u in STAGES[p.name].upstream if u in futures]
         )
-    for future in futures.values():  # every branch ends before we look: a failure hides none
+    folders = {p.name: str(p.folder) for p in plans}
+    # every branch ends before we look (a failure hides none); a line per stage, in DAG order
+    for name, future in futures.items():
         future.wait()
-    done |= {n: f.result() for n, f in futures.items() if f.state.is_completed()}
+        if future.state.is_completed():
+            done[name] = future.result()
+            LINES.info(stage_line(name, done[name], True, folders[name]))
     manifests = {p.name: done[p.name] for p in plans if p.name in done}
     failed = [n for n in futures if n not in manifests]
     if failed:

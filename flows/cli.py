@@ -5,18 +5,57 @@ grid of settings with a paired comparison)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
-from align.config import load_pipeline
+from align.config import PipelineConfig
+from align.config import load_pipeline as _load
 from align.config.losses import loss_parameters
 from align.core.errors import AlignError
 from align.core.io import atomic_write_text
+from flows.output import LINES, NORMAL, QUIET, VERBOSE, stage_line, verbosity
+
+
+def load_pipeline(args: argparse.Namespace) -> PipelineConfig:
+    """The command's pipeline with its overrides; says which loss parameters a loss switch
+    dropped (`--set train.loss.name=...`, align/config/load.py), unless quiet."""
+    notes: list[str] = []
+    cfg = _load(args.pipeline, args.overrides, args.smoke, notes)
+    for note in notes if args.verbosity > QUIET else []:
+        print(note, file=sys.stderr)
+    return cfg
+
+
+def _add_verbosity(p: argparse.ArgumentParser, default: object) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=QUIET,
+        default=default,
+        help="errors and results only: no progress bars, no per-stage lines",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=VERBOSE,
+        default=default,
+        help="everything: Prefect's logs, library warnings, full paths and hashes",
+    )
 
 
 def _add_pipeline(p: argparse.ArgumentParser) -> None:
+    _add_verbosity(p, argparse.SUPPRESS)  # `align -q run ...` and `align run -q ...` alike
     p.add_argument("pipeline", help="pipelines/<name>.yaml")
     p.add_argument(
         "--set",
@@ -34,9 +73,13 @@ def _add_pipeline(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
+    from align.data.peek import check_inputs
     from align.pipeline import active_stages
 
+    cfg = load_pipeline(args)
+    checked = check_inputs(cfg)
+    if args.verbosity == QUIET:
+        return 0
     print(
         f"{args.pipeline}: ok — pipeline {cfg.name!r}, loss {cfg.train.loss.name}, "
         f"stages: {' -> '.join(active_stages(cfg))}"
@@ -52,76 +95,144 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for key, default, reason in loss_parameters(cfg.train.loss.name):
         note = "default" if values[key] == default else f"default {json.dumps(default)}"
         print(f"  train.loss.{key} = {json.dumps(values[key])}  ({note}; {reason})")
+    for line in checked:
+        print(f"  {line}")
     return 0
+
+
+def _plan_json(cfg: PipelineConfig) -> list[dict]:
+    from align.pipeline import plan
+
+    return [
+        {
+            "stage": p.name,
+            "status": "cached" if p.cached else "to run",
+            "stage_hash": p.stage_hash,
+            "config_hash": p.config_hash,
+            "inputs": p.inputs,
+            "outputs": [o.path for o in p.outs],
+        }
+        for p in plan(cfg)
+    ]
+
+
+def _short_outputs(paths: list[str], run_folder: str) -> str:
+    """The folders of the outputs, relative to the run folder ('train/'); files in it: -v."""
+    rel = [Path(os.path.relpath(p, run_folder)).parts[0] for p in paths]
+    return ", ".join(f"{r}/" for r in dict.fromkeys(rel))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from align.pipeline import plan
-
-    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
-    table = Table(title=f"{cfg.name}: {args.pipeline}")
-    for col in ("stage", "inputs", "outputs", "hash", "status"):
-        table.add_column(col)
-    for p in plan(cfg):
-        inputs = "\n".join(f"{k}: {str(v)[:40]}" for k, v in p.inputs.items()) or "-"
+    cfg = load_pipeline(args)
+    stages = _plan_json(cfg)
+    if args.json:
+        print(json.dumps(stages, indent=2, default=str))
+        return 0
+    run_folder = str(Path(cfg.runs_dir) / cfg.name)
+    console = Console()
+    if args.verbosity == VERBOSE:  # one block per stage: full hashes and paths do not fit a table
+        console.print(f"[bold]{cfg.name}[/]: {args.pipeline}")
+        for st in stages:
+            console.print(f"\n[bold]{st['stage']}[/] ({st['status']})")
+            console.print(f"  stage hash {st['stage_hash']}", soft_wrap=True)
+            for key, value in st["inputs"].items():
+                console.print(f"  input {key}: {value}", soft_wrap=True)
+            for path in st["outputs"]:
+                console.print(f"  output {path}", soft_wrap=True)
+        return 0
+    table = Table(title=f"{cfg.name}: {args.pipeline}", caption=f"outputs under {run_folder}/")
+    for col in ("stage", "status", "reads", "writes"):
+        table.add_column(col, overflow="fold")
+    for st in stages:
         table.add_row(
-            p.name,
-            inputs,
-            "\n".join(o.path for o in p.outs),
-            p.stage_hash[:12],
-            "[green]cached[/]" if p.cached else "[yellow]to run[/]",
+            st["stage"],
+            "[green]cached[/]" if st["status"] == "cached" else "[yellow]to run[/]",
+            ", ".join(st["inputs"]) or "-",
+            _short_outputs(st["outputs"], run_folder),
         )
-    Console().print(table)
+    console.print(table)
     return 0
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from align.pipeline import run_stage
+    from align.pipeline import run_stage, stage_folder
 
-    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
-    manifest, ran = run_stage(cfg, args.stage, force=args.force)
-    print(
-        f"{args.stage}: {'done' if ran else 'up to date'} "
-        f"({manifest['stage_hash'][:12]}) {manifest['summary']}"
-    )
+    cfg = load_pipeline(args)
+    with _stoppable():
+        manifest, ran = run_stage(cfg, args.stage, force=args.force)
+    if args.verbosity > QUIET:
+        print(stage_line(args.stage, manifest, ran, str(stage_folder(cfg, args.stage))))
+    if args.verbosity == VERBOSE:
+        print(json.dumps(manifest, indent=2, default=str))
     return 0
 
 
+@contextlib.contextmanager
+def _stoppable() -> Iterator[None]:
+    from flows.stopping import stoppable
+
+    with stoppable():
+        yield
+
+
+@contextlib.contextmanager
+def temporary_prefect_server() -> Iterator[None]:
+    """One temporary Prefect server for this run, unless PREFECT_API_URL names one. Its URL goes
+    into the environment, so the stage worker processes report to it instead of each starting
+    a server of its own."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance this process's Prefect client would start
+    server.start()  # stopped at exit, after Prefect's last logs and events reach it
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from align.data.peek import check_inputs
     from align.pipeline import plan, run_stage, stage_folder
 
-    cfg = load_pipeline(
-        args.pipeline, args.overrides, args.smoke
-    )  # fail fast, before Prefect starts
+    cfg = load_pipeline(args)  # fail fast, before Prefect starts
+    check_inputs(cfg, local_only=True)  # a wrong column, before any model loads
     started = time.time()
-    if args.no_prefect:
-        from align.pipeline.rounds import close_round, prepare_run
+    with _stoppable():
+        if args.no_prefect:
+            from align.pipeline.rounds import close_round, prepare_run
 
-        cfg, overrides, round_plan = prepare_run(args.pipeline, args.overrides, args.smoke)
-        for p in plan(cfg):
-            _, ran = run_stage(cfg, p.name)
-            print(f"{p.name}: {'done' if ran else 'up to date'}")
-        if round_plan is not None:
-            record = close_round(cfg, round_plan)
-            print(f"round {record['round']} {record['decision']}: {record['reason']}")
-        if args.record_dvc:
-            from flows.dvc_record import record_in_dvc_lock
+            cfg, overrides, round_plan = prepare_run(args.pipeline, args.overrides, args.smoke)
+            for p in plan(cfg):
+                manifest, ran = run_stage(cfg, p.name)
+                LINES.info(stage_line(p.name, manifest, ran, str(p.folder)))
+            if round_plan is not None:
+                record = close_round(cfg, round_plan)
+                LINES.info(f"round {record['round']} {record['decision']}: {record['reason']}")
+            if args.record_dvc:
+                from flows.dvc_record import record_in_dvc_lock
 
-            print(record_in_dvc_lock(args.pipeline, overrides, args.smoke))
-    else:
-        from flows.align import align_flow
+                LINES.info(record_in_dvc_lock(args.pipeline, overrides, args.smoke))
+        else:
+            with temporary_prefect_server():
+                from flows.align import align_flow
 
-        align_flow(args.pipeline, args.overrides, args.smoke, args.record_dvc)
-    print(f"pipeline {cfg.name} finished in {time.time() - started:.1f}s")
-    evaluation = stage_folder(cfg, "evaluate") / "report.md"
-    if evaluation.is_file():
-        print(evaluation.read_text())
+                align_flow(args.pipeline, args.overrides, args.smoke, args.record_dvc)
     run_report = stage_folder(cfg, "report.md")  # written by the flow (flows/report.py)
     last = plan(cfg)[-1]
-    print(f"report: {run_report if run_report.is_file() else stage_folder(cfg, last.name)}")
+    report = run_report if run_report.is_file() else stage_folder(cfg, last.name)
+    evaluation = stage_folder(cfg, "evaluate") / "report.md"
+    if args.verbosity > QUIET:
+        print(f"pipeline {cfg.name} finished in {time.time() - started:.0f}s")
+        if evaluation.is_file():
+            print(evaluation.read_text())
+    print(f"report: {report}")
     return 0
 
 
@@ -131,7 +242,7 @@ def _dvc_one(pipeline: str, output: Path, check: bool) -> bool:
     from flows.dvc_params import check_param_round_trip
 
     check_param_round_trip(pipeline)  # `dvc exp run -S` must not corrupt the file it edits
-    text = render_dvc_yaml(load_pipeline(pipeline), pipeline, output)
+    text = render_dvc_yaml(_load(pipeline), pipeline, output)
     if check:
         if not output.is_file() or output.read_text() != text:
             print(f"{output} is out of date with {pipeline}; run `align dvc {pipeline}`")
@@ -167,7 +278,7 @@ def cmd_plots(args: argparse.Namespace) -> int:
     from align.pipeline import stage_folder
     from align.pipeline.plots_page import write_plots_page
 
-    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
+    cfg = load_pipeline(args)
     if args.exp:
         from align.pipeline.plots_compare import write_compare_page
         from flows.dvc_exps import experiment_curves
@@ -187,7 +298,7 @@ def cmd_rounds(args: argparse.Namespace) -> int:
 
     from align.pipeline.rounds import promote_by_hand, read_events, round_display, rounds_table
 
-    cfg = load_pipeline(args.pipeline, args.overrides, args.smoke)
+    cfg = load_pipeline(args)
     if cfg.rounds is None:
         raise AlignError(f"{args.pipeline}: no rounds section; add one (docs/rounds.md)")
     if args.promote is not None:
@@ -226,12 +337,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"align {version('align')}")
+    _add_verbosity(parser, NORMAL)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("validate", help="check a pipeline YAML")
+    p = sub.add_parser(
+        "validate", help="check a pipeline YAML and the columns and first records of its data"
+    )
     _add_pipeline(p)
     p.set_defaults(fn=cmd_validate)
     p = sub.add_parser("plan", help="show the DAG, each stage's inputs, outputs and cache status")
     _add_pipeline(p)
+    p.add_argument("--json", action="store_true", help="every stage's hashes, inputs, outputs")
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("run", help="run the whole pipeline through the Prefect flow 'align'")
     _add_pipeline(p)
@@ -296,11 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        with verbosity(args.verbosity):  # before Prefect, transformers or torch are imported
+            return args.fn(args)
     except AlignError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # only where no stage ran yet (flows/stopping.py handles the rest)
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
 

@@ -15,7 +15,8 @@ from prefect.logging import get_run_logger
 
 from align.config import load_pipeline
 from align.core.errors import AlignError
-from align.pipeline import run_stage
+from align.pipeline import run_stage, stage_folder
+from flows.output import stage_line
 
 
 def _retry_unless_bad_input(task: Task, task_run, state) -> bool:
@@ -51,14 +52,7 @@ def stage_task(
         manifest, ran = run_stage(cfg, stage, threads=threads)
         if manifest["stage_hash"] != stage_hash:
             raise RuntimeError(f"{stage}: the pipeline changed while the flow ran; run it again")
-        logger = get_run_logger()
-        logger.info(
-            "%s %s in %.1fs: %s",
-            stage,
-            "ran" if ran else "was current",
-            manifest["seconds"],
-            manifest["summary"],
-        )
+        get_run_logger().info(stage_line(stage, manifest, ran, str(stage_folder(cfg, stage))))
         return manifest
 
     return run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -61,7 +62,7 @@ def test_validate_smoke_renames_and_drops_absent_stages(
     assert main(["validate", str(NCA_7B), "--smoke"]) == 0
     out = capsys.readouterr().out
     assert "pipeline 'nca-7b-smoke'" in out
-    assert out.splitlines()[0].endswith("stages: prepare-model -> annotate -> train")
+    assert out.splitlines()[0].endswith("stages: prepare-model -> annotate -> train -> judge")
 
 
 def test_validate_with_overrides(capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,12 +88,85 @@ def test_missing_pipeline_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert line.startswith(f"error: {path}: no such pipeline file")
 
 
-def test_parameter_of_another_loss_after_set(capsys: pytest.CaptureFixture[str]) -> None:
-    # quickstart sets nca's alpha, so switching only the name leaves a parameter dpo lacks
-    assert main(["validate", str(QUICKSTART), "--set", "train.loss.name=dpo"]) == 2
+def test_switching_the_loss_keeps_shared_parameters_and_names_dropped_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # quickstart sets nca's beta 0.1 and alpha 0.25: dpo takes beta, not alpha
+    assert main(["validate", str(QUICKSTART), "--set", "train.loss.name=dpo"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        f"--set train.loss.name=dpo: dropped {QUICKSTART}'s alpha (not a parameter of dpo); "
+        "kept beta\n"
+    )
+    assert "loss dpo" in out and "  train.loss.beta = 0.1  (default; " in out
+    # ipo takes neither: tau and length_norm fall back to their defaults
+    assert main(["validate", str(QUICKSTART), "--set", "train.loss.name=ipo"]) == 0
+    out, err = capsys.readouterr()
+    assert "dropped" in err and "beta, alpha (not parameters of ipo)" in err
+    assert "kept" not in err
+    assert "  train.loss.tau = 0.1  (default; " in out
+    # a parameter given with --set is the user's own: it is validated, never dropped
+    args = ["--set", "train.loss.name=dpo", "--set", "train.loss.alpha=0.5"]
+    assert main(["validate", str(QUICKSTART), *args]) == 2
     assert error_line(capsys) == (
         f"error: {QUICKSTART}: train.loss.alpha: unknown key; valid keys here: name, beta"
     )
+    # -q: the note is left out with everything else
+    assert main(["validate", "-q", str(QUICKSTART), "--set", "train.loss.name=dpo"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_format_typo_gets_did_you_mean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    override = "data.train.format=kwsie"
+    assert main(["validate", str(QUICKSTART), "--set", override]) == 2
+    line = error_line(capsys)
+    assert "data.train.format: 'kwsie' is not one of" in line
+    assert line.endswith("(did you mean 'kwise'?)")
+
+
+@pytest.mark.parametrize(
+    ("rows", "fmt", "column", "looks_like"),
+    [
+        ([{"prompt": "2+2?", "rejected": "5"}], "pairs", "chosen", None),  # pairs without chosen
+        (
+            [{"prompt": "2+2?", "responses": ["4", "5"], "rewards": [1, 0]}] * 3,
+            "pairs",
+            "chosen",
+            "kwise",
+        ),
+        ([{"prompt": "2+2?", "chosen": "4", "rejected": "5"}] * 3, "kwise", "responses", "pairs"),
+        ([{"question": "2+2?"}], "prompts", "prompt", None),
+    ],
+)
+def test_validate_reads_the_data_and_names_the_missing_column(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    rows: list,
+    fmt: str,
+    column: str,
+    looks_like: str | None,
+) -> None:
+    """Before any model loads: the column the format needs is named, with the file."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--set", f"data.train={{path: {data}, format: {fmt}}}"]
+    if fmt != "prompts":  # train on the file's own responses
+        args += ["--set", "sample=null"]
+    assert main(["validate", str(QUICKSTART), *args]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: data.train: {data}")
+    assert f"no column {column!r}" in line
+    if looks_like:
+        assert line.endswith(
+            f"the file looks like format {looks_like!r}: set data.*.format: {looks_like}"
+        )
+
+
+def test_validate_reports_what_it_read(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(QUICKSTART)]) == 0
+    out = capsys.readouterr().out
+    assert "  data.train: data/quickstart/train.jsonl ok (prompts, first 8 records read)" in out
+    assert "  data.eval: data/quickstart/heldout.jsonl ok (prompts, first 8 records read)" in out
 
 
 def test_unknown_loss_from_set(capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,7 +202,7 @@ def test_schema_error_in_a_written_pipeline(
     ("pipeline", "stages"),
     [
         (QUICKSTART, ["prepare-model", "sample", "annotate", "train", "evaluate", "judge"]),
-        (NCA_7B, ["prepare-model", "annotate", "train"]),
+        (NCA_7B, ["prepare-model", "annotate", "train", "judge"]),
     ],
     ids=["quickstart", "nca-7b"],
 )
@@ -223,3 +297,74 @@ def test_dvc_deps_are_each_stages_own_code() -> None:
     assert not any("judging" in d for name in ("sample", "annotate", "train") for d in code[name])
     assert "align/train" in code["train"] and "align/train" not in code["annotate"]
     assert all("align/core" in deps and "align/__init__.py" in deps for deps in code.values())
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"align {version('align')}\n"
+
+
+def test_plan_fits_80_columns_and_verbose_shows_hashes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 80 columns nothing is cut (no '…'), no hash or dict repr is shown, each stage's
+    output folder is named; -v and --json carry the full hashes and paths."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["plan", str(QUICKSTART)]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out and not re.search(r"[0-9a-f]{12}", out) and "{" not in out
+    stages = ["prepare-model", "sample", "annotate", "train", "evaluate", "judge"]
+    assert first_column(out) == stages
+    assert all(f"{s}/" in out for s in stages) and "outputs under runs/quickstart/" in out
+
+    assert main(["plan", "--json", str(QUICKSTART)]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert [p["stage"] for p in planned] == stages
+    assert all(re.fullmatch(r"[0-9a-f]{64}", p["stage_hash"]) for p in planned)
+    assert "runs/quickstart/train/model" in planned[3]["outputs"]
+
+    assert main(["plan", "-v", str(QUICKSTART)]) == 0
+    verbose = capsys.readouterr().out
+    for p in planned:
+        assert f"stage hash {p['stage_hash']}" in verbose
+        assert all(f"output {o}" in verbose for o in p["outputs"])
+    assert f"input sample: {planned[1]['stage_hash']}" in verbose
+
+
+def test_quiet_validate_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-q", "validate", str(QUICKSTART)]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_stage_lines_name_the_key_figures_and_the_folder() -> None:
+    from flows.output import stage_line
+
+    manifest = {
+        "seconds": 12.4,
+        "summary": {"prompts": 64, "k": 4, "shards": 2, "new_tokens": 3000, "tokens_per_s": 97.3},
+    }
+    assert stage_line("sample", manifest, True, "runs/q/sample") == (
+        "sample: done in 12s, prompts 64 x 4 tokens/s 97 -> runs/q/sample"
+    )
+    train = {
+        "seconds": 3,
+        "summary": {
+            "steps": 8,
+            "first/loss": 1.386,
+            "final/loss": 0.91,
+            "final/rewards/accuracy": None,
+        },
+    }
+    assert stage_line("train", train, False, "runs/q/train") == (
+        "train: up to date, steps 8 loss 1.386 -> 0.91 -> runs/q/train"
+    )
+    hashes = {"policy": {"source": "embedded", "path": ".cache/x", "hash": "ab" * 32}}
+    assert stage_line("prepare-model", {"seconds": 1, "summary": hashes}, True, "r/p") == (
+        "prepare-model: done in 1s, policy embedded -> r/p"
+    )

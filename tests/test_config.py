@@ -218,14 +218,17 @@ def test_literal_fields_list_the_valid_values(
     make_pipeline: MakePipeline, section: str, key: str, value: str, valid: str
 ) -> None:
     path = make_pipeline(lambda d: d[section].update({key: value}))
-    assert error_of(path) == f"{path}: {section}.{key}: {value!r} is not one of {valid}"
+    message = error_of(path)
+    assert message.startswith(f"{path}: {section}.{key}: {value!r} is not one of {valid}")
+    if value == "cosin":  # a near miss gets a did-you-mean
+        assert message.endswith(f"{valid} (did you mean 'cosine'?)")
 
 
 def test_data_format_lists_the_formats(make_pipeline: MakePipeline) -> None:
-    path = make_pipeline(lambda d: d["data"]["train"].update(format="kwis"))
+    path = make_pipeline(lambda d: d["data"]["train"].update(format="kwsie"))
     assert error_of(path) == (
-        f"{path}: data.train.format: 'kwis' is not one of "
-        "'prompts', 'kwise', 'ultrafeedback' or 'pairs'"
+        f"{path}: data.train.format: 'kwsie' is not one of "
+        "'prompts', 'kwise', 'ultrafeedback' or 'pairs' (did you mean 'kwise'?)"
     )
 
 
@@ -241,7 +244,9 @@ def test_several_problems_are_all_reported_on_one_line(make_pipeline: MakePipeli
     assert len(problems) == 2
     assert any(p.startswith(f"{path}: sample.temprature: unknown key") for p in problems)
     valid = "'fp32', 'bf16' or 'bf16_weights'"
-    assert f"{path}: train.precision: 'fp16' is not one of {valid}" in problems
+    assert (
+        f"{path}: train.precision: 'fp16' is not one of {valid} (did you mean 'bf16'?)" in problems
+    )
 
 
 def test_malformed_yaml_reports_the_line(tmp_path: Path) -> None:

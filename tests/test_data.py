@@ -102,8 +102,25 @@ def test_fields_mapping_renames_columns(tmp_path: Path) -> None:
 def test_missing_prompt_column_points_to_fields(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "p.jsonl", [{"text": "hello"}])
     assert load_error(path) == (
-        f"data.train: {path} record 0: no column 'prompt'; map it with data.*.fields.prompt"
+        f"data.train: {path} record 0: no column 'prompt' (format 'prompts' needs prompt); "
+        "columns: text; rename it in the file or map it with data.*.fields.prompt"
     )
+
+
+def test_pairs_file_without_chosen_names_the_column(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "2+2?", "rejected": "5"}])
+    assert load_error(path, format="pairs") == (
+        f"data.train: {path} record 0: no column 'chosen' (format 'pairs' needs prompt, chosen, "
+        "rejected); columns: prompt, rejected; rename it in the file or map it with "
+        "data.*.fields.chosen"
+    )
+
+
+def test_kwise_file_declared_as_pairs_suggests_the_format(tmp_path: Path) -> None:
+    rows = [{"prompt": "2+2?", "responses": ["4", "5"], "rewards": [1.0, 0.0]}]
+    message = load_error(write_jsonl(tmp_path / "k.jsonl", rows), format="pairs")
+    assert "no column 'chosen'" in message
+    assert message.endswith("the file looks like format 'kwise': set data.*.format: kwise")
 
 
 def test_system_prompt_is_prepended(tmp_path: Path) -> None:

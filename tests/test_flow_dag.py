@@ -85,7 +85,10 @@ def _probe(project: Path) -> set[str]:
     return set((project / "probe.log").read_text().splitlines())
 
 
-def test_stages_side_by_side_share_the_cores() -> None:
+def test_stages_side_by_side_share_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing cached: a smoke run in the checkout would be
     cfg = load_pipeline(REPO / PIPELINE, smoke=True)
     shares = thread_shares(plan(cfg))
     cores = len(os.sched_getaffinity(0))

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from align.config.losses import LOSS_MODELS
 from align.config.pipeline import PipelineConfig
 from align.config.reading import parse_yaml, read_yaml, yaml_problem
 from align.core.errors import AlignError
@@ -169,7 +170,11 @@ def _format_error(err: dict) -> str:
     if not loc:  # whole-pipeline checks name their keys in the message
         return msg
     if err["type"] == "literal_error":
-        msg = f"{err.get('input')!r} is not one of {err['ctx']['expected']}"
+        valid = re.findall(r"'([^']*)'", err["ctx"]["expected"])
+        hint = difflib.get_close_matches(str(err.get("input")), valid, n=1)
+        msg = f"{err.get('input')!r} is not one of {err['ctx']['expected']}" + (
+            f" (did you mean {hint[0]!r}?)" if hint else ""
+        )
     elif err["type"].endswith(("_parsing", "_type")) and _short_scalar(err.get("input")):
         msg = f"{msg}; got {err['input']!r}"
     return f"{where}: {msg}"
@@ -191,16 +196,46 @@ def validate_dict(raw: Any, source: str) -> PipelineConfig:
         raise AlignError("; ".join(f"{source}: {line}" for line in lines)) from None
 
 
+def switch_loss(raw: dict, overrides: dict[str, Any]) -> list[str]:
+    """When `--set train.loss.name=X` changes the loss, drop the YAML's loss parameters that X
+    does not accept (a parameter given by `--set` itself is kept and validated); returns the
+    dropped keys. Unknown loss names are left to validation, which names the valid ones."""
+    loss = _get_path(raw, "train.loss")
+    name = overrides.get("train.loss.name")
+    model = LOSS_MODELS.get(name) if isinstance(name, str) else None
+    if model is None or not isinstance(loss, dict):
+        return []
+    accepted = {"name", *_keys(model)}
+    dropped = [key for key in loss if key not in accepted and f"train.loss.{key}" not in overrides]
+    for key in dropped:
+        del loss[key]
+    return dropped
+
+
 def load_pipeline(
-    path: str | Path, overrides: list[str] | None = None, smoke: bool = False
+    path: str | Path,
+    overrides: list[str] | None = None,
+    smoke: bool = False,
+    notes: list[str] | None = None,
 ) -> PipelineConfig:
-    """Read, override, smoke-profile and validate a pipeline YAML."""
+    """Read, override, smoke-profile and validate a pipeline YAML. `notes`, when given,
+    receives one line per adjustment the overrides caused (loss parameters dropped)."""
     path = Path(path)
     raw = copy.deepcopy(read_yaml(path))
     if not isinstance(raw, dict):
         return validate_dict(raw, str(path))
     if smoke:
         _apply_smoke(raw)
-    for text in overrides or []:
-        set_path(raw, *parse_override(text))
+    parsed = [parse_override(text) for text in overrides or []]
+    for key, value in parsed:
+        set_path(raw, key, value)
+    dropped = switch_loss(raw, dict(parsed))
+    if dropped and notes is not None:
+        name = raw["train"]["loss"]["name"]
+        kept = [k for k in raw["train"]["loss"] if k != "name"]
+        notes.append(
+            f"--set train.loss.name={name}: dropped {path}'s {', '.join(dropped)} "
+            f"({'not a parameter' if len(dropped) == 1 else 'not parameters'} of {name})"
+            + (f"; kept {', '.join(kept)}" if kept else "")
+        )
     return validate_dict(raw, str(path))

@@ -112,13 +112,54 @@ def _ultrafeedback_columns(row: dict, where: str) -> list[int]:
     return idx
 
 
-def _normalise(row: dict, i: int, ds: DatasetConfig, where: str) -> dict:
+# The columns each format needs, under our field names (ultrafeedback's A0..A{K-1} are checked
+# by _ultrafeedback_columns).
+FORMAT_COLUMNS = {
+    "prompts": ("prompt",),
+    "kwise": ("prompt", "responses", "rewards"),
+    "ultrafeedback": ("prompt",),
+    "pairs": ("prompt", "chosen", "rejected"),
+}
+
+
+def guess_format(columns: set[str]) -> str | None:
+    """The format whose columns a file holds, when it is not ambiguous (for did-you-mean)."""
+    if {"chosen", "rejected"} <= columns:
+        return "pairs"
+    if {"responses", "rewards"} <= columns:
+        return "kwise"
+    if {"A0", "A0_score"} <= columns:
+        return "ultrafeedback"
+    return None
+
+
+def check_columns(columns: set[str], ds: DatasetConfig, where: str) -> None:
+    """Raise naming the first column `ds.format` needs that `columns` lacks, with the mapping
+    key that renames it and the format the columns look like, if another."""
+    for name in FORMAT_COLUMNS[ds.format]:
+        column = ds.fields.get(name, name)
+        if column in columns:
+            continue
+        guess = guess_format(columns)
+        hint = (
+            f"the file looks like format {guess!r}: set data.*.format: {guess}"
+            if guess and guess != ds.format
+            else f"rename it in the file or map it with data.*.fields.{name}"
+        )
+        raise AlignError(
+            f"{where}: no column {column!r} (format {ds.format!r} needs "
+            f"{', '.join(ds.fields.get(n, n) for n in FORMAT_COLUMNS[ds.format])}); "
+            f"columns: {', '.join(sorted(columns)) or 'none'}; {hint}"
+        )
+
+
+def normalise_row(row: dict, i: int, ds: DatasetConfig, where: str) -> dict:
+    """One file row as a record of `ds.format` (see the module docstring); errors name `where`."""
     col = {
         name: ds.fields.get(name, name)
         for name in ("id", "prompt", "answer", "responses", "rewards", "chosen", "rejected")
     }
-    if col["prompt"] not in row:
-        raise AlignError(f"{where}: no column {col['prompt']!r}; map it with data.*.fields.prompt")
+    check_columns(set(row), ds, where)
     rid = str(row[col["id"]]) if row.get(col["id"]) is not None else f"{i:06d}"
     rec: dict[str, Any] = {"id": rid, "prompt": as_messages(row[col["prompt"]], where)}
     where = f"{where} (id {rid})"
@@ -154,7 +195,7 @@ def load_records(
     rows = _load_rows(ds)
     if not rows:
         raise AlignError(f"{what}: {source} holds no records")
-    records = [_normalise(r, i, ds, f"{what}: {source} record {i}") for i, r in enumerate(rows)]
+    records = [normalise_row(r, i, ds, f"{what}: {source} record {i}") for i, r in enumerate(rows)]
     seen: set[str] = set()
     for rec in records:
         if rec["id"] in seen:

@@ -1,5 +1,9 @@
 """K-wise records on disk: Parquet shards written atomically, read back in order.
 
+A shard is computed a unit (one generation or scoring batch) at a time; each finished unit is
+kept as a part file beside it until the shard is whole, so a stopped run loses at most the unit
+in flight. Only `shard-*.parquet` files are records: parts never reach a reader.
+
 A record is a dict with `id`, `prompt` (conversational messages), and after sampling
 `responses[K]`; after annotation `rewards[K]`, `ref_logps[K]`, `n_tokens[K]`.
 """
@@ -7,6 +11,7 @@ A record is a dict with `id`, `prompt` (conversational messages), and after samp
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,6 +36,42 @@ RESERVED = {
 
 def shard_path(folder: Path, index: int) -> Path:
     return folder / f"shard-{index:05d}.parquet"
+
+
+def part_path(folder: Path, shard: int, unit: int) -> Path:
+    return folder / f"part-{shard:05d}-{unit:05d}.parquet"
+
+
+def write_shard_by_units(
+    folder: Path,
+    index: int,
+    units: list[list[dict]],
+    work: Callable[[list[dict], int], list[dict]],
+    progress: Callable[[int], object],
+) -> bool:
+    """Write shard `index` of `folder` as the concatenation of `work(unit, unit_index)` over
+    `units`, keeping each finished unit as a part file (reused on resume); `progress(n)` after
+    each unit of n input records. Returns False when the shard was already complete."""
+    parts = [part_path(folder, index, u) for u in range(len(units))]
+    target = shard_path(folder, index)
+    if not target.exists():
+        rows: list[dict] = []
+        for u, (unit, part) in enumerate(zip(units, parts, strict=True)):
+            if part.exists():  # finished by an earlier, stopped run of this configuration
+                done = pq.read_table(part).to_pylist()
+            else:
+                done = work(unit, u)
+                write_shard(part, done)
+            rows.extend(done)
+            progress(len(unit))
+        write_shard(target, rows)
+        fresh = True
+    else:
+        progress(sum(len(unit) for unit in units))
+        fresh = False
+    for part in parts:  # also those a run stopped between the shard and this clean-up left
+        part.unlink(missing_ok=True)
+    return fresh
 
 
 def write_shard(path: Path, records: list[dict]) -> None:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from align.config import PipelineConfig
 from align.core.errors import AlignError
 from align.data.datasets import load_records
-from align.data.records import RESERVED, chunks, read_shards, shard_path, write_shard
+from align.data.records import RESERVED, chunks, read_shards, write_shard_by_units
 from align.model.loading import (
     load_model,
     load_tokenizer,
@@ -87,11 +87,8 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
     model = load_model(path, cfg.model.dtype)
     shards = chunks(records, cfg.sample.shard_size if cfg.sample else 256)
     bar = tqdm(total=len(records), desc="annotate", unit="prompt")
-    for si, shard in enumerate(shards):
-        target = shard_path(out, si)
-        if target.exists():
-            bar.update(len(shard))
-            continue
+
+    def annotate(shard: list[dict], _index: int) -> list[dict]:
         if scorer is not None:
             _score(scorer, shard)
         for rec, (lp, n) in zip(shard, _ref_logps(model, tokenizer, shard, cfg), strict=True):
@@ -105,8 +102,13 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
                     flat[: len(rec["responses"])],
                     flat[len(rec["responses"]) :],
                 )
-        write_shard(target, shard)
-        bar.update(len(shard))
+        return shard
+
+    # a unit is one reference forward batch (what _ref_logps batches), kept as it finishes
+    k = max(len(r["responses"]) for r in records)
+    unit = max(1, ac.batch_size // k)
+    for si, shard in enumerate(shards):
+        write_shard_by_units(out, si, chunks(shard, unit), annotate, bar.update)
     bar.close()
     annotated = read_shards(out)
     rewards = [x for r in annotated for x in r["rewards"]]

@@ -1,5 +1,6 @@
 """The `sample` stage: K responses per training prompt from the policy (HF generate or vLLM),
-written in shards so a killed run resumes at the first missing one.
+written in shards, each kept a generation batch at a time, so a stopped run resumes at the
+first batch it had not finished (records.write_shard_by_units).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 
 from align.config import PipelineConfig
 from align.data.datasets import load_records
-from align.data.records import chunks, shard_path, write_shard
+from align.data.records import chunks, write_shard_by_units
 from align.generate.hf import generate
 from align.model.loading import (
     load_model,
@@ -37,29 +38,28 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
     shards = chunks(records, sc.shard_size)
     started, new_tokens = time.perf_counter(), 0
     bar = tqdm(total=len(records), desc="sample", unit="prompt")
+
+    def draw(si: int, batch: list[dict], bi: int) -> list[dict]:
+        nonlocal new_tokens
+        texts, finished = sample(
+            tokenizer,
+            [r["prompt"] for r in batch],
+            k=sc.k,
+            max_new_tokens=sc.max_new_tokens,
+            temperature=sc.temperature,
+            top_p=sc.top_p,
+            seed=sc.seed * 1_000_003 + si * 10_007 + bi,  # a resumed batch draws the same
+        )
+        new_tokens += sum(len(tokenizer(t).input_ids) for ts in texts for t in ts)
+        return [
+            {**r, "responses": t, "finished": f}
+            for r, t, f in zip(batch, texts, finished, strict=True)
+        ]
+
     for si, shard in enumerate(shards):
-        target = shard_path(out, si)
-        if target.exists():  # written by an earlier, interrupted run of this configuration
-            bar.update(len(shard))
-            continue
-        rows = []
-        for bi, batch in enumerate(chunks(shard, sc.batch_prompts)):
-            texts, finished = sample(
-                tokenizer,
-                [r["prompt"] for r in batch],
-                k=sc.k,
-                max_new_tokens=sc.max_new_tokens,
-                temperature=sc.temperature,
-                top_p=sc.top_p,
-                seed=sc.seed * 1_000_003 + si * 10_007 + bi,
-            )
-            new_tokens += sum(len(tokenizer(t).input_ids) for ts in texts for t in ts)
-            rows.extend(
-                {**r, "responses": t, "finished": f}
-                for r, t, f in zip(batch, texts, finished, strict=True)
-            )
-            bar.update(len(batch))
-        write_shard(target, rows)
+        write_shard_by_units(
+            out, si, chunks(shard, sc.batch_prompts), partial(draw, si), bar.update
+        )
     bar.close()
     seconds = time.perf_counter() - started
     return {
