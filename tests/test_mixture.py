@@ -61,15 +61,16 @@ def _nucleus(logp: torch.Tensor, temperature: float, top_p: float) -> torch.Tens
 
 def _sample_alone(model, seed: int, steps: int, temperature: float, top_p: float):
     """Sample each prompt alone from one model, unpadded and without a cache, with the same
-    per-prompt generators."""
+    per-prompt generators: the row's `steps` uniforms drawn first, token t the first index
+    whose cumulative probability exceeds uniform t times the total."""
     rows = []
     for prompt, gen in zip(PROMPTS, _generators(seed), strict=True):
+        uniforms = torch.rand(steps, generator=gen).tolist()
         row: list[int] = []
         while len(row) < steps and TOK.eos_token_id not in row:
             logp = torch.log_softmax(_last_logits(model, prompt + row), -1)
-            row.append(
-                torch.multinomial(_nucleus(logp, temperature, top_p), 1, generator=gen).item()
-            )
+            cdf = _nucleus(logp, temperature, top_p).double().cumsum(0)
+            row.append(int((cdf <= uniforms[len(row)] * cdf[-1]).sum()))
         rows.append(row)
     return rows
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from align.core.transfer import to_device
+from align.model.cache import cache_kwargs, output_cache
+
 # fp32 elements per softmax chunk: 4 MB, cache-sized on a CPU (21 positions of a 49k vocabulary);
 # 256 MB on a GPU, where a chunk is then a whole row of the batch and the loop launches few kernels.
 CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
@@ -101,7 +104,7 @@ def model_sequence_logps(
 ) -> tuple[Tensor, Tensor]:
     """Forward `model` on the packed pairs and return (summed log-probs [N], token counts [N])."""
     ids, attn, resp = pack_rows(pairs, pad_id)
-    ids, attn, resp = ids.to(model.device), attn.to(model.device), resp.to(model.device)
+    ids, attn, resp = (to_device(t, model.device) for t in (ids, attn, resp))
     logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
     return sequence_logps(logits, ids, resp)
 
@@ -133,7 +136,7 @@ def packed_token_logps(
     """Per-token response log-probs [N, R] and response mask [N, R] (R the longest response),
     position j scoring response token j, from one forward pass over the packed rows."""
     ids, attn, resp = pack_rows(pairs, pad_id)
-    ids, attn, resp = ids.to(model.device), attn.to(model.device), resp.to(model.device)
+    ids, attn, resp = (to_device(t, model.device) for t in (ids, attn, resp))
     logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
     per_token = token_logps(logits, ids, resp)  # [N, T-1]: position t scores token t+1
     width = max(len(r) for _, r in pairs)
@@ -157,7 +160,7 @@ def shared_prompt_token_logps(
     instead of K times; differentiable through the shared prompt."""
     device = model.device
     p_ids, p_mask = left_pad([p for p, _ in groups], pad_id)
-    p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+    p_ids, p_mask = to_device(p_ids, device), to_device(p_mask, device)
     prompt_out = model(
         input_ids=p_ids,
         attention_mask=p_mask,
@@ -165,18 +168,18 @@ def shared_prompt_token_logps(
         use_cache=True,
         logits_to_keep=1,  # only the last prompt position scores a response token
     )
-    owners = torch.tensor([g for g, (_, rs) in enumerate(groups) for _ in rs], device=device)
-    cache = prompt_out.past_key_values
+    owners = to_device(torch.tensor([g for g, (_, rs) in enumerate(groups) for _ in rs]), device)
+    cache = output_cache(prompt_out)
     cache.batch_select_indices(owners)
     r_ids, r_attn, r_mask = pack_rows([([], r) for _, rs in groups for r in rs], pad_id)
-    r_ids, r_attn, r_mask = r_ids.to(device), r_attn.to(device), r_mask.to(device)
+    r_ids, r_attn, r_mask = (to_device(t, device) for t in (r_ids, r_attn, r_mask))
     prompt_len = p_mask.sum(-1)[owners]
     out = model(
         input_ids=r_ids,
         attention_mask=torch.cat([p_mask[owners], r_attn], dim=1),
         position_ids=prompt_len[:, None] + torch.arange(r_ids.shape[1], device=device),
-        past_key_values=cache,
         use_cache=True,
+        **cache_kwargs(cache),
     )
     # response token t is scored by the prompt's last position for t = 0, else by position t - 1
     first = selected_logps(prompt_out.logits[owners, -1:], r_ids[:, :1])

@@ -38,11 +38,37 @@ def trainable_weights(
     """The trainable weights, whole on the main process. Every process must call it: FSDP and
     ZeRO-3 shard the weights, and gathering them is collective."""
     if acc.distributed_type in SHARDED:  # full fine-tuning: align.config refuses LoRA
-        return {n: t.contiguous() for n, t in acc.get_state_dict(model).items()}
+        state = acc.get_state_dict(model)
+        if state is None:  # ZeRO-3 hands the gathered weights to the main process only
+            if acc.is_main_process:
+                raise AlignError(
+                    "train: DeepSpeed returned no weights on the main process; set "
+                    "zero3_save_16bit_model: true in the accelerate config (configs/accelerate/"
+                    "zero3.yaml does)"
+                )
+            return {}
+        return {n: t.contiguous() for n, t in state.items()}
     if master is not None:
         return master.state_dict()
     model = acc.unwrap_model(model)
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG streams a training step draws from: torch's CPU generator and, where CUDA is
+    present, every visible GPU's generator (dropout on GPU draws from those)."""
+    state: dict[str, Any] = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set the generators `rng_state` saved; a checkpoint written with CUDA restores the GPU
+    generators when CUDA is present (a CPU-only resume of a GPU run keeps the CPU stream)."""
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def save_value_head(acc: Accelerator, value_head: nn.Module | None, folder: Path) -> None:
@@ -67,8 +93,8 @@ def save_checkpoint(
 ) -> None:
     """Write the checkpoint of `step` (main process only) and delete all but the newest `keep`.
 
-    weights: `trainable_weights`; training_state: what `optimizer.pt` holds (optimizer,
-    scheduler and rng state dicts)."""
+    weights: `trainable_weights`; training_state: what `optimizer.pt` holds (optimizer and
+    scheduler state dicts and `rng_state()`)."""
     with atomic_dir(checkpoint_dir(out, step)) as tmp:
         save_file(weights, tmp / "trainable.safetensors")
         save_value_head(acc, value_head, tmp)
@@ -134,7 +160,7 @@ def load_checkpoint(
         state = torch.load(ckpt / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        restore_rng(state)
     except Exception as exc:  # safetensors, pickle and shape errors all mean: unusable
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise AlignError(
