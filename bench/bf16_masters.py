@@ -107,7 +107,7 @@ def main() -> None:
             dtype = next(iter(end.values())).dtype
             frac, frac_bf16 = changed(start, end, began)
             print(
-                f"{label:40s} saved {str(dtype):15s} changed {100 * frac:6.2f} %  "
+                f"{label:40s} saved {dtype!s:15s} changed {100 * frac:6.2f} %  "
                 f"bf16 rounding changed {100 * frac_bf16:6.2f} %"
             )
 
