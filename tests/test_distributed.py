@@ -185,3 +185,34 @@ def test_online_training_on_two_processes_follows_one(project: Path) -> None:
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-4, msg=name)
     assert metrics["steps"] == 2 and metrics["prompts"] == 4
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_fsdp_config_wraps_each_models_own_decoder_layer(arch: str) -> None:
+    """configs/accelerate/fsdp.yaml names no layer class: accelerate wraps the classes in the
+    model's `_no_split_modules`, so the Mistral recipes shard per MistralDecoderLayer."""
+    import yaml
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fsdp = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())["fsdp_config"]
+    assert "fsdp_transformer_layer_cls_to_wrap" not in fsdp
+    plugin = FullyShardedDataParallelPlugin(
+        auto_wrap_policy=fsdp["fsdp_auto_wrap_policy"].lower(),
+        state_dict_type=fsdp["fsdp_state_dict_type"],
+    )
+    config = AutoConfig.for_model(
+        arch,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+    )
+    plugin.set_auto_wrap_policy(AutoModelForCausalLM.from_config(config))
+    expected = {"llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer"}[arch]
+    assert plugin.transformer_cls_names_to_wrap == [expected]
+    assert {c.__name__ for c in plugin.auto_wrap_policy.keywords["transformer_layer_cls"]} == {
+        expected
+    }
