@@ -246,26 +246,34 @@ def shared_prompt(ctx: Context) -> tuple[str, str]:
 
 def _launch(ctx: Context, name: str, config: str) -> tuple[str, str]:
     """Offline training under `accelerate launch` with one process and `config`: 2 steps, a
-    checkpoint after each, then the final model."""
+    checkpoint after each, the final model; then the same run asked for 3 steps resumes from
+    the step-2 checkpoint (FSDP: its shards) and adds one."""
+    import json
+
     from align.data.records import shard_path, write_shard
     from align.pipeline.graph import stage_folder
     from align.train.launch import launch_training
 
     dist = f"train.distributed={{num_processes: 1, config: configs/accelerate/{config}}}"
-    overrides = ["train.max_steps=2", "train.save_steps=1", "train.batch_size=2", dist]
+    common = ["train.save_steps=1", "train.batch_size=2", dist, f"runs_dir=runs-{name}"]
     if config == "fsdp.yaml":
-        overrides += ["train.precision=bf16", "train.grad_accum=2"]
-    cfg = _cfg("quickstart.yaml", *overrides, f"runs_dir=runs-{name}")
+        common += ["train.precision=bf16", "train.grad_accum=2"]
+    cfg = _cfg("quickstart.yaml", "train.max_steps=2", *common)
     write_shard(shard_path(stage_folder(cfg, "annotate"), 0), _annotated(cfg))
     out = Path(f"{name}-out")
     started = time.perf_counter()
     metrics = launch_training(cfg, _tiny(), out, "gpu-check")
     saved = sorted(p.name for p in (out / "model").glob("*.safetensors"))
     ckpts = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
-    ok = metrics.get("steps") == 2 and bool(saved) and bool(ckpts)
-    return verdict(ok), (
-        f"steps {metrics.get('steps')}, checkpoints {ckpts}, model {saved}, "
-        f"{time.perf_counter() - started:.0f} s"
+    first = time.perf_counter() - started
+    resumed = launch_training(
+        _cfg("quickstart.yaml", "train.max_steps=3", *common), _tiny(), out, "gpu-check"
+    )
+    steps = [json.loads(ln)["step"] for ln in (out / "log.jsonl").read_text().splitlines()]
+    ok = metrics.get("steps") == 2 and bool(saved) and bool(ckpts) and steps == [1, 2, 3]
+    return verdict(ok and resumed.get("steps") == 3), (
+        f"steps {metrics.get('steps')}, checkpoints {ckpts}, model {saved} in {first:.0f} s; "
+        f"resumed to step {resumed.get('steps')}, log steps {steps}"
     )
 
 

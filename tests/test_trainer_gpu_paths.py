@@ -108,3 +108,55 @@ def test_fsdp_never_accumulates_under_no_sync(
     monkeypatch.setattr(type(trainer.acc), "distributed_type", DistributedType.FSDP)
     trainer._accumulating(False)
     assert entered == []
+
+
+def test_fsdp_checkpoints_hold_shards_and_the_final_save_stays_gathered(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FSDP needs a GPU, so accelerate's FSDP save and load functions are stood in for: every
+    checkpoint is written through them with sharded state dicts (the plugin is switched back to
+    the config's full state dict afterwards, for the final model), and resume loads the shards,
+    the schedule and the step. On a GPU, `make gpu-check` runs the real thing."""
+    import accelerate.utils
+
+    trainer = _trainer(project)
+    acc = trainer.acc
+    calls: list[tuple[str, str]] = []
+
+    class Plugin:
+        state_dict_type = "FULL_STATE_DICT"
+
+        def set_state_dict_type(self, kind: str) -> None:
+            self.state_dict_type = kind
+
+    def recorder(what: str):
+        def record(plugin, accelerator, *args) -> None:
+            folder = Path(args[-1])
+            calls.append((what, plugin.state_dict_type))
+            if what.startswith("save"):
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{what}.bin").write_text("shard")
+            else:
+                assert (folder / f"save_{what.split('_')[1]}.bin").is_file()
+
+        return record
+
+    for what in ("save_model", "save_optimizer", "load_model", "load_optimizer"):
+        verb, thing = what.split("_")
+        monkeypatch.setattr(accelerate.utils, f"{verb}_fsdp_{thing}", recorder(what))
+    trainer.train_step()  # optimizer state to save
+    acc.state.fsdp_plugin = Plugin()
+    monkeypatch.setattr(type(acc), "distributed_type", DistributedType.FSDP)
+    trainer.step = 1
+    trainer.save_checkpoint()
+    folder = checkpoint.checkpoint_dir(trainer.out, 1)
+    assert sorted(p.name for p in folder.iterdir()) == ["fsdp", "optimizer.pt", "state.json"]
+    assert calls == [("save_model", "SHARDED_STATE_DICT"), ("save_optimizer", "SHARDED_STATE_DICT")]
+    assert acc.state.fsdp_plugin.state_dict_type == "FULL_STATE_DICT"
+    lr = trainer.scheduler.get_last_lr()
+    calls.clear()
+    trainer.step = 0
+    trainer.scheduler.step()
+    trainer.try_resume()
+    assert calls == [("load_model", "SHARDED_STATE_DICT"), ("load_optimizer", "SHARDED_STATE_DICT")]
+    assert trainer.step == 1 and trainer.scheduler.get_last_lr() == lr

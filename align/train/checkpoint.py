@@ -10,8 +10,10 @@ oldest beyond `train.keep_checkpoints` are deleted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from align.core.io import atomic_dir, atomic_write_json, atomic_write_text, read
 from align.train.precision import MasterWeights
 
 VALUE_HEAD = "value_head.safetensors"  # UPO: beside trainable.safetensors and the final model
+SHARDS = "fsdp"  # an FSDP checkpoint's folder of model and optimizer shards
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -103,6 +106,90 @@ def save_checkpoint(
     kept = sorted((out / "checkpoints").glob("step-*"))
     for old in kept[:-keep]:
         shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def _shared_atomic_dir(acc: Accelerator, final: Path) -> Iterator[Path]:
+    """`atomic_dir` opened by the main process and written by every process: the folder appears
+    whole, after all of them finished writing into it."""
+    from accelerate.utils import broadcast_object_list
+
+    if acc.is_main_process:
+        with atomic_dir(final) as tmp:
+            broadcast_object_list([str(tmp)])
+            yield tmp
+            acc.wait_for_everyone()
+    else:
+        box: list = [None]
+        broadcast_object_list(box)
+        yield Path(box[0])
+        acc.wait_for_everyone()
+    acc.wait_for_everyone()  # nobody reads or prunes before the rename
+
+
+@contextlib.contextmanager
+def _sharded_state_dicts(acc: Accelerator) -> Iterator[object]:
+    """accelerate's FSDP plugin switched to sharded state dicts for the duration (the final
+    model keeps the config's full, gathered state dict)."""
+    plugin = acc.state.fsdp_plugin
+    kept = plugin.state_dict_type
+    plugin.set_state_dict_type("SHARDED_STATE_DICT")
+    try:
+        yield plugin
+    finally:
+        plugin.set_state_dict_type(kept)
+
+
+def save_fsdp_checkpoint(
+    out: Path,
+    step: int,
+    stage_hash: str,
+    keep: int,
+    *,
+    acc: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    training_state: dict[str, Any],
+) -> None:
+    """The checkpoint of `step` under FSDP, written by every process (collective): model and
+    optimizer shards in `fsdp/`, `optimizer.pt` with the schedule and RNG state (main process).
+    The weights are never gathered whole."""
+    from accelerate.utils import save_fsdp_model, save_fsdp_optimizer
+
+    with _shared_atomic_dir(acc, checkpoint_dir(out, step)) as tmp:
+        with _sharded_state_dicts(acc) as plugin:
+            save_fsdp_model(plugin, acc, model, tmp / SHARDS)
+            save_fsdp_optimizer(plugin, acc, optimizer, model, tmp / SHARDS)
+        if acc.is_main_process:
+            torch.save(training_state, tmp / "optimizer.pt")
+            atomic_write_json(tmp / "state.json", {"step": step, "stage_hash": stage_hash})
+    if acc.is_main_process:
+        for old in sorted((out / "checkpoints").glob("step-*"))[:-keep]:
+            shutil.rmtree(old)
+
+
+def load_fsdp_checkpoint(
+    ckpt: Path,
+    acc: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> None:
+    """Every process loads its shards of an FSDP checkpoint, then the schedule and RNG state;
+    a checkpoint without shards (or damaged) is refused in one line."""
+    from accelerate.utils import load_fsdp_model, load_fsdp_optimizer
+
+    if not (ckpt / SHARDS).is_dir():
+        raise AlignError(
+            f"{ckpt}: not an FSDP checkpoint (no {SHARDS}/ shards); delete {ckpt.parent} to "
+            "train from scratch"
+        )
+    with _sharded_state_dicts(acc) as plugin:
+        load_fsdp_model(plugin, acc, model, ckpt / SHARDS)
+        load_fsdp_optimizer(plugin, acc, optimizer, model, ckpt / SHARDS)
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state)
 
 
 def checkpoint_step(ckpt: Path, stage_hash: str) -> int:

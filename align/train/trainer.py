@@ -286,6 +286,21 @@ class Trainer:
 
     # ---- checkpoints (align/train/checkpoint.py) ----------------------------------------
     def save_checkpoint(self) -> None:
+        if self.acc.distributed_type == DistributedType.FSDP:  # shards, never gathered here
+            checkpoint.save_fsdp_checkpoint(
+                self.out,
+                self.step,
+                self.stage_hash,
+                self.tc.keep_checkpoints,
+                acc=self.acc,
+                model=self.model,
+                optimizer=self.optimizer,
+                training_state={
+                    "scheduler": self.scheduler.state_dict(),
+                    **checkpoint.rng_state(),
+                },
+            )
+            return
         weights = checkpoint.trainable_weights(self.acc, self.model, self.master)
         if not self.acc.is_main_process:
             return
@@ -311,11 +326,23 @@ class Trainer:
         if found is None:
             return
         latest, step = found
-        if self.acc.distributed_type in SHARDED:
-            raise AlignError(
-                f"{latest}: resuming an FSDP or DeepSpeed run is not supported (its optimizer "
-                f"state is sharded); delete {latest.parent} to train from scratch"
+        if self.acc.distributed_type == DistributedType.FSDP:
+            checkpoint.load_fsdp_checkpoint(
+                latest, self.acc, self.model, self.optimizer, self.scheduler
             )
+        elif self.acc.distributed_type in SHARDED:
+            raise AlignError(
+                f"{latest}: resuming a DeepSpeed run is not supported (its optimizer state is "
+                f"partitioned); delete {latest.parent} to train from scratch"
+            )
+        else:
+            self._load_checkpoint(latest)
+        self.step = step
+        checkpoint.trim_log(self.out / "log.jsonl", self.step)
+        tqdm.write(f"resuming from {latest} (step {self.step}/{self.total_steps})")
+
+    def _load_checkpoint(self, latest: Path) -> None:
+        """Weights (and masters), value head, optimizer, schedule and RNG from `latest`."""
         checkpoint.load_checkpoint(
             latest,
             self.acc,
@@ -325,9 +352,6 @@ class Trainer:
             self.optimizer,
             self.scheduler,
         )
-        self.step = step
-        checkpoint.trim_log(self.out / "log.jsonl", self.step)
-        tqdm.write(f"resuming from {latest} (step {self.step}/{self.total_steps})")
 
     # ---- one optimizer step --------------------------------------------------------------
     def _micro_batches(self) -> list[list[Example]]:
