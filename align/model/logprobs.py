@@ -134,6 +134,8 @@ def _whole_head(model) -> Tensor | None:
     """The LM head's weight [V, H] when this process holds it whole and the head is a plain
     bias-free projection; None otherwise (FSDP and ZeRO-3 shard it; then the model's own
     logits are used)."""
+    if _sharded(model):
+        return None
     inner = getattr(model, "module", model)  # DDP keeps the model as .module
     get = getattr(inner, "get_output_embeddings", None)
     head = get() if get is not None else None
@@ -147,6 +149,17 @@ def _whole_head(model) -> Tensor | None:
     ):
         return None
     return weight
+
+
+def _sharded(model) -> bool:
+    """Whether FSDP manages `model`'s parameters (FSDP1 wrapper, or FSDP2's DTensor
+    parameters): its gradients then flow only through the wrapped forward."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(model, FullyShardedDataParallel):
+        return True
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def next_token_logps(model, targets: Tensor, **inputs) -> tuple[Tensor, object]:
