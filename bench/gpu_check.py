@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import math
 import os
 import shutil
@@ -289,19 +290,36 @@ def accelerate_fsdp(ctx: Context) -> tuple[str, str]:
 
 @check("vllm", on_cpu=False)
 def vllm(ctx: Context) -> tuple[str, str]:
-    """vLLM samples the tiny model in bf16, then hands the GPU back on close."""
+    """vLLM samples a small random Llama in bf16, then hands the GPU back on close."""
     from align.core.packages import installed
 
     if not installed("vllm"):
         return "SKIP", "vllm is not installed"
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     from align.generate.vllm_engine import VLLMSampler
     from align.model.loading import load_tokenizer
 
-    path = _tiny()
+    # the tiny model's tokenizer on a random Llama with a head size vLLM's kernels take (128)
+    tokenizer, path = load_tokenizer(_tiny()), Path("vllm-model").resolve()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     prompts = [[{"role": "user", "content": "What is 2 plus 3?"}]] * 2
     free_before, total = torch.cuda.mem_get_info()
     with VLLMSampler(path, "bfloat16", seed=0) as engine:
-        texts, _ = engine.generate(load_tokenizer(path), prompts, k=2, max_new_tokens=8)
+        texts, _ = engine.generate(tokenizer, prompts, k=2, max_new_tokens=8)
         free_during, _ = torch.cuda.mem_get_info()
     free_after, _ = torch.cuda.mem_get_info()
     ok = [len(t) for t in texts] == [2, 2] and free_after > free_before - 2**30
@@ -431,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                 counts[status] += 1
                 print(f"{status} {c.name}: {figures} [{time.perf_counter() - t0:.0f} s]")
                 sys.stdout.flush()
+                gc.collect()  # what the check held, before the next one measures memory
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
         finally:
