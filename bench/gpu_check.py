@@ -364,8 +364,6 @@ class _Crash(Exception):
 def resume(ctx: Context) -> tuple[str, str]:
     """LoRA with dropout (it draws from the device's RNG): crash after the step-2 checkpoint,
     resume from a different RNG state, and end with the weights of an uninterrupted run."""
-    from safetensors.torch import load_file
-
     overrides = (
         "model.lora={r: 8, alpha: 16, dropout: 0.1}",
         "train.max_steps=4",
@@ -375,6 +373,17 @@ def resume(ctx: Context) -> tuple[str, str]:
         "train.learning_rate=1e-2",
         "train.keep_checkpoints=3",
     )
+    # bit-exact needs deterministic kernels as well as the same random draws
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _resume(ctx, overrides)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _resume(ctx: Context, overrides: tuple[str, ...]) -> tuple[str, str]:
+    from safetensors.torch import load_file
+
     _trainer("resume-straight", *overrides).train()
     crashing = _trainer("resume-crashed", *overrides)
     original = type(crashing).save_checkpoint
@@ -429,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (resume)
     device = torch.device("cpu") if args.cpu else torch.device("cuda", 0)
     name = "CPU" if args.cpu else torch.cuda.get_device_name(device)
     selected = [c for c in CHECKS if (c.on_cpu or not args.cpu)]

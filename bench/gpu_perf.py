@@ -202,8 +202,11 @@ def trl_memory(ctx) -> tuple[str, str]:
         }
         for i, r in enumerate(rows)
     ]
+    from accelerate.state import AcceleratorState
+
     from align.model.loading import load_model
 
+    AcceleratorState._reset_state()  # our Trainer and TRL's both set bf16, after other checks
     ref = load_model(folder, "bfloat16").to(ctx.device)
     for rec, (lp, n) in zip(records, _ref_logps(ref, tokenizer, records, cfg), strict=True):
         rec["ref_logps"], rec["n_tokens"] = lp, n
