@@ -7,7 +7,9 @@ sum of per-prompt losses divided by the prompts in the step (rows without a usab
 contribute zero). Under `accelerate launch` each process takes an equal slice of the step's
 prompts and divides its sum by its slice; DDP's mean over processes then gives the same global
 mean, and the logged figures are summed over the processes. Reference log-probs come
-precomputed from annotate.
+precomputed from annotate. A step's figures stay on the device until the step ends and are
+read back once (align/train/stats.py); under FSDP every micro-batch reduce-scatters its
+gradients (no `no_sync`) and checkpoints hold shards (align/train/checkpoint.py).
 
 Two losses change the step (docs/bmc-upo.md):
 - BMC (`dpo_bmc`, `ipo_bmc`, `nca_pair_bmc`): per-token policy log-probs are weighted by the
