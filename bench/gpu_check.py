@@ -207,8 +207,11 @@ def lora_gc(ctx: Context) -> tuple[str, str]:
     moved = sum(not torch.equal(params[n], start[n]) for n in adapters)
     base_moved = sum(not torch.equal(p, start[n]) for n, p in params.items() if "lora_" not in n)
     losses = [r["loss"] for r in rows]
+    checkpointing = getattr(policy, "is_activation_checkpointing", None)
+    if checkpointing is None:  # transformers releases before the rename
+        checkpointing = policy.is_gradient_checkpointing
     ok = (
-        policy.is_gradient_checkpointing
+        checkpointing
         and all(math.isfinite(x) for x in losses)
         and losses[-1] != losses[0]
         and moved == len(adapters) > 0
