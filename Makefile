@@ -14,7 +14,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install data run repro test test-fast bench lint format clean serve stop
+.PHONY: install data run repro test test-fast bench lint format clean serve stop gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -67,6 +67,28 @@ bench: data $(BENCH_STAMP)
 	$(BIN)/python -m bench.p3_sampling --model embedded
 	$(BIN)/python -m bench.p6_rerun
 	$(BIN)/python -m bench.p7_mixture_sampling --model embedded
+
+# The GPU check (bench/gpu_check.py, docs/gpu-check.md). `make gpu-wheels`, on a machine with
+# registry access, fills .gpu-wheels/ with the extra wheels a stock CUDA PyTorch image lacks
+# (CPython 3.12, manylinux x86_64); carry the repository with that folder to the GPU machine
+# and run `make gpu-check` there: it installs from the folder with no network, then checks.
+GPU_WHEELS := .gpu-wheels
+GPU_TARGET := --only-binary=:all: --implementation cp --python-version 3.12 \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+GPU_PYTHON ?= python3
+GPU_PIP_FLAGS ?=
+
+gpu-wheels: install
+	$(BIN)/pip download --quiet $(GPU_TARGET) -d $(GPU_WHEELS) -r bench/gpu-requirements.txt
+	$(BIN)/pip download --quiet --no-deps $(GPU_TARGET) -d $(GPU_WHEELS) \
+		-r bench/gpu-requirements-nodeps.txt
+
+gpu-check:
+	$(GPU_PYTHON) -m pip install --quiet $(GPU_PIP_FLAGS) --no-index --find-links $(GPU_WHEELS) \
+		-r bench/gpu-requirements.txt
+	$(GPU_PYTHON) -m pip install --quiet $(GPU_PIP_FLAGS) --no-index --find-links $(GPU_WHEELS) \
+		--no-deps -r bench/gpu-requirements-nodeps.txt
+	$(GPU_PYTHON) -m bench.gpu_check
 
 lint: install
 	$(BIN)/ruff check .

@@ -17,7 +17,7 @@ from align.core.packages import installed
 from align.data.records import shard_path, write_shard
 from align.model.loading import resolve_model
 from align.pipeline import stage_folder
-from align.stages.train import train_offline
+from align.stages.train import train_here, train_offline
 from align.train.launch import launch_command, launch_training
 from tests.conftest import REPO
 from tests.test_trainer import _cfg, _log, _records
@@ -129,8 +129,8 @@ def test_deepspeed_needs_grad_accum_1(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         (
             "online-ipo-quickstart.yaml",
-            "train.distributed={num_processes: 2}",
-            "train.distributed: online training runs in one process",
+            f"train.distributed={{num_processes: 2, config: {CONFIGS / 'fsdp.yaml'}}}",
+            "but online training samples with the whole policy on every process; use",
         ),
         (
             "quickstart.yaml",
@@ -143,7 +143,7 @@ def test_deepspeed_needs_grad_accum_1(monkeypatch: pytest.MonkeyPatch) -> None:
             "is not an accelerate config",
         ),
     ],
-    ids=["fsdp-with-lora", "online", "zero-processes", "not-a-config"],
+    ids=["fsdp-with-lora", "online-fsdp", "zero-processes", "not-a-config"],
 )
 def test_unlaunchable_settings_are_refused(pipeline: str, override: str, expected: str) -> None:
     assert expected in _error(pipeline, override)
@@ -153,3 +153,66 @@ def test_a_missing_config_is_refused_before_launching(project: Path) -> None:
     cfg = _cfg("train.distributed={num_processes: 2, config: configs/accelerate/dpp.yaml}")
     with pytest.raises(AlignError, match=r"^train.distributed.config: 'configs/accelerate/dpp"):
         launch_training(cfg, Path(resolve_model("tiny")), project / "out", "h")
+
+
+def test_online_training_on_two_processes_follows_one(project: Path) -> None:
+    """IPO-MD with a Bradley-Terry preference, global batch 4: two gloo processes each sample,
+    label and train on their 2 prompts; the pairs, the labels, the logged figures and the
+    final weights are those of one process with 4 prompts (the rows' generators are seeded by
+    their place in the whole step, and DDP averages the gradients)."""
+    from align.data.datasets import load_records
+    from tests.test_online import IPO_MD, TINY_BT
+
+    shutil.copytree(CONFIGS, project / "configs/accelerate")
+    common = [TINY_BT, "train.max_steps=2", "train.learning_rate=1e-2", "train.save_steps=100"]
+    one = load_pipeline(IPO_MD, [*common, "train.batch_size=4"], smoke=True)
+    two = load_pipeline(IPO_MD, [*common, "train.batch_size=2", DDP], smoke=True)
+    tiny = Path(resolve_model("tiny"))
+    train_here(one, tiny, tiny, project / "one", "h")
+    assert load_records(one.data.train, None, "data.train")  # prompts to sample from
+    metrics = launch_training(two, tiny, project / "two", "h", reference=tiny)
+
+    single, double = _log(project / "one"), _log(project / "two")
+    assert [r["step"] for r in double] == [1, 2]
+    for a, b in zip(single, double, strict=True):
+        assert b["length/mean"] == a["length/mean"] and b["tokens"] == a["tokens"]
+        for key in ("loss", "preference/mean", "kl", "logps/policy", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (b["step"], key)
+    assert abs(single[1]["kl"]) > 1e-4  # step 1 moved the policy off the reference
+    w1, w2 = _weights(project / "one/model"), _weights(project / "two/model")
+    initial = _weights(tiny)
+    assert max((w1[k] - initial[k]).abs().max().item() for k in initial) > 1e-3
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-4, msg=name)
+    assert metrics["steps"] == 2 and metrics["prompts"] == 4
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_fsdp_config_wraps_each_models_own_decoder_layer(arch: str) -> None:
+    """configs/accelerate/fsdp.yaml names no layer class: accelerate wraps the classes in the
+    model's `_no_split_modules`, so the Mistral recipes shard per MistralDecoderLayer."""
+    import yaml
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fsdp = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())["fsdp_config"]
+    assert "fsdp_transformer_layer_cls_to_wrap" not in fsdp
+    plugin = FullyShardedDataParallelPlugin(
+        auto_wrap_policy=fsdp["fsdp_auto_wrap_policy"].lower(),
+        state_dict_type=fsdp["fsdp_state_dict_type"],
+    )
+    config = AutoConfig.for_model(
+        arch,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+    )
+    plugin.set_auto_wrap_policy(AutoModelForCausalLM.from_config(config))
+    expected = {"llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer"}[arch]
+    assert plugin.transformer_cls_names_to_wrap == [expected]
+    assert {c.__name__ for c in plugin.auto_wrap_policy.keywords["transformer_layer_cls"]} == {
+        expected
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from align.model.logprobs import pack_rows, sequence_logps, token_logps
@@ -105,3 +106,71 @@ def test_selected_logps_of_bf16_logits_is_fp32_and_matches_upcast() -> None:
     # d/dz sum_t log p(y_t) = onehot(y_t) - softmax(z_t): each position's gradient sums to 0
     assert logits.grad.dtype == torch.bfloat16
     assert logits.grad.float().sum(-1).abs().max() < 2e-2
+
+
+def _grads(fn, *tensors):
+    out = fn(*tensors)
+    (out * torch.linspace(-1, 1, out.numel()).view(out.shape).to(out.dtype)).sum().backward()
+    return out.detach(), [t.grad.clone() for t in tensors]
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 7])
+def test_chunked_head_equals_the_full_projection(
+    monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """head_selected_logps(h, W, y) = log_softmax(h W^T)[y] with the same gradients for h and W,
+    whether one chunk holds every position or each chunk a single one."""
+    from align.model.logprobs import CHUNK_ELEMENTS, head_selected_logps, selected_logps
+
+    monkeypatch.setitem(CHUNK_ELEMENTS, "cpu", chunk)
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 5, 8, generator=g, dtype=torch.float64)
+    weight = torch.randn(11, 8, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 11, (3, 5), generator=g)
+    ours, (gh, gw) = _grads(
+        lambda h, w: head_selected_logps(h, w, targets),
+        hidden.clone().requires_grad_(),
+        weight.clone().requires_grad_(),
+    )
+    plain, (ph, pw) = _grads(
+        lambda h, w: selected_logps(h @ w.T, targets).float(),
+        hidden.clone().requires_grad_(),
+        weight.clone().requires_grad_(),
+    )
+    torch.testing.assert_close(ours, plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gh, ph, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gw, pw, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["full_rows", "shared_prompt"])
+def test_the_model_paths_never_build_full_logits_and_match_the_plain_head(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Through the tiny model: the LM head only ever sees the one last prompt position per
+    prompt (shared prompt) or nothing, and the log-probs and the weight gradients equal those
+    computed from the model's own [N, T, V] logits."""
+    from align.model import logprobs
+    from align.model.loading import load_model, resolve_model
+
+    model = load_model(resolve_model("tiny")).train()
+    groups = [([5, 6, 7, 8], [[9, 10, 11], [12, 13]]), ([14, 15], [[16, 17, 18, 19]])]
+    fn = {
+        "full_rows": lambda: logprobs.model_sequence_logps(
+            model, [(p, r) for p, rs in groups for r in rs], 0
+        )[0],
+        "shared_prompt": lambda: logprobs.shared_prompt_logps(model, groups, 0)[0],
+    }[path]
+    rows_seen: list[int] = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: rows_seen.append(o.shape[1]))
+    chunked = fn()
+    chunked.sum().backward()
+    hook.remove()
+    g_chunked = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    assert set(rows_seen) <= {0, 1}
+    monkeypatch.setattr(logprobs, "_whole_head", lambda m: None)
+    plain = fn()
+    plain.sum().backward()
+    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(g_chunked[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)

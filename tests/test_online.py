@@ -235,3 +235,37 @@ def test_tiny_online_pipeline_end_to_end(
     assert not (project / "runs" / "ipo-md-quickstart-smoke" / "annotate").exists()
     assert main(["run", "--no-prefect", IPO_MD, "--smoke", *sets]) == 0
     assert "train: up to date" in capsys.readouterr().out
+
+
+def test_lora_reference_is_the_policy_with_its_adapters_off(project: Path) -> None:
+    """With LoRA and the initial policy as reference, no second model is loaded: the reference
+    runs the policy with its adapters disabled. B = 0 at the start, so kl is exactly 0 at
+    step 1; after an update the policy has moved and the reference has not."""
+    from align.model.reference import AdapterDisabled
+
+    cfg = load_pipeline(
+        IPO_MD,
+        [
+            TINY_BT,
+            "model.lora={r: 4, alpha: 8, dropout: 0.0}",
+            "train.batch_size=2",
+            "train.max_steps=2",
+            "train.learning_rate=5e-2",
+        ],
+        smoke=True,
+    )
+    tiny = Path(resolve_model("tiny"))
+    records = load_records(cfg.data.train, None, "data.train")
+    trainer = OnlineTrainer(cfg, tiny, tiny, records, project / "out", "h")
+    assert isinstance(trainer.ref, AdapterDisabled)
+    assert list(trainer.ref.parameters()) == []  # no weights of its own
+    first = trainer.train_step()
+    assert first["kl"] == 0.0
+    trainer.step += 1
+    second = trainer.train_step()
+    assert abs(second["kl"]) > 1e-4
+    base = load_file(tiny / "model.safetensors")
+    policy = trainer.acc.unwrap_model(trainer.model)
+    with policy.disable_adapter():
+        weight = policy.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    assert torch.equal(weight, base["model.layers.0.self_attn.q_proj.weight"])

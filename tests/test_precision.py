@@ -95,3 +95,56 @@ def test_bf16_weights_trains_like_autocast_and_saves_fp32(project: Path) -> None
     # an fp32 master moved off the bf16 grid: the saved weights are not bf16 roundings
     assert not torch.equal(saved[key], saved[key].bfloat16().float())
     assert not torch.equal(saved[key], start[key].float())
+
+
+def _full_bf16_cfg(*overrides: str):
+    return load_pipeline(
+        "pipelines/quickstart.yaml",
+        [
+            "model.dtype=bfloat16",
+            "train.precision=bf16",
+            "train.learning_rate=5e-7",  # bmc-7b / upo-7b
+            "train.lr_scheduler=constant",
+            "train.warmup_ratio=0",
+            "train.max_steps=3",
+            "train.batch_size=3",
+            "train.loss={name: dpo, beta: 0.1}",
+            *overrides,
+        ],
+        smoke=True,
+    )
+
+
+def test_bf16_full_fine_tuning_steps_fp32_masters(project: Path) -> None:
+    """model.dtype bfloat16 without LoRA (bmc-7b, upo-7b): the trained weights and AdamW's
+    state are fp32 and bf16 autocast runs the matmuls, so updates at lr 5e-7 accumulate. The
+    old loading (bf16 weights stepped in place) moved ~1 % of them in 10 steps
+    (bench/bf16_masters.py)."""
+    cfg = _full_bf16_cfg()
+    assert cfg.model.dtype == "bfloat16" and cfg.model.lora is None
+    trainer = Trainer(cfg, Path(resolve_model("tiny")), _records(cfg), project / "out", "h")
+    named = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert {p.dtype for _, p in named} == {torch.float32}
+    start = {n: p.detach().clone() for n, p in named}
+    for _ in range(3):
+        trainer.train_step()
+        trainer.step += 1
+    states = [s for s in trainer.optimizer.state_dict()["state"].values()]
+    assert {s["exp_avg"].dtype for s in states} == {torch.float32}
+    moved = sum((p.detach() != start[n]).sum().item() for n, p in named)
+    total = sum(p.numel() for _, p in named)
+    assert moved / total > 0.9
+    # what the old loading did to the same updates: bf16 weights keep almost all their values
+    kept = sum(
+        (start[n].bfloat16() == (start[n] + (p.detach() - start[n])).bfloat16()).sum().item()
+        for n, p in named
+    )
+    assert kept / total > 0.5
+
+
+def test_lora_keeps_the_frozen_base_in_model_dtype(project: Path) -> None:
+    cfg = _full_bf16_cfg("model.lora={r: 4, alpha: 8, dropout: 0.0}")
+    trainer = Trainer(cfg, Path(resolve_model("tiny")), _records(cfg), project / "out", "h")
+    params = list(trainer.model.named_parameters())
+    assert {p.dtype for _, p in params if p.requires_grad} == {torch.float32}  # the adapters
+    assert {p.dtype for n, p in params if "lora_" not in n} == {torch.bfloat16}

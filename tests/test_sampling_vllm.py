@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 from align.config import load_pipeline
 from align.core.errors import AlignError
@@ -39,6 +40,9 @@ def _fake_vllm(calls: dict) -> types.ModuleType:
         def __init__(self, **kwargs: object) -> None:
             calls["engine"] = kwargs
 
+        def shutdown(self) -> None:
+            calls["shutdown"] = calls.get("shutdown", 0) + 1
+
         def generate(self, requests: list, params: list, use_tqdm: bool) -> list:
             calls["requests"], calls["params"] = requests, params
             return [
@@ -51,19 +55,33 @@ def _fake_vllm(calls: dict) -> types.ModuleType:
                 for i, p in enumerate(params)
             ]
 
+    distributed = types.ModuleType("vllm.distributed")
+
+    def cleanup_dist_env_and_memory() -> None:
+        calls["cleanup"] = calls.get("shutdown", 0)  # how many shutdowns came before it
+
+    distributed.cleanup_dist_env_and_memory = cleanup_dist_env_and_memory
     vllm.LLM, vllm.SamplingParams = LLM, dict
     inputs.TokensPrompt = dict
-    vllm.inputs = inputs
+    vllm.inputs, vllm.distributed = inputs, distributed
     return vllm
+
+
+def _install(monkeypatch: pytest.MonkeyPatch, calls: dict) -> None:
+    fake = _fake_vllm(calls)
+    for name, module in (
+        ("vllm", fake),
+        ("vllm.inputs", fake.inputs),
+        ("vllm.distributed", fake.distributed),
+    ):
+        monkeypatch.setitem(sys.modules, name, module)
 
 
 def test_vllm_adapter_sends_our_token_ids_with_n_k_and_maps_finish_reasons(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: dict = {}
-    fake = _fake_vllm(calls)
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    monkeypatch.setitem(sys.modules, "vllm.inputs", fake.inputs)
+    _install(monkeypatch, calls)
     path = Path(resolve_model("tiny"))
     tokenizer = load_tokenizer(path)
     prompts = [[{"role": "user", "content": "2 + 3?"}], [{"role": "user", "content": "7 - 1?"}]]
@@ -91,3 +109,50 @@ def test_vllm_adapter_sends_our_token_ids_with_n_k_and_maps_finish_reasons(
     assert all(p["temperature"] == 0.7 and p["top_p"] == 0.9 for p in calls["params"])
     assert texts == [["r0.0", "r0.1", "r0.2"], ["r1.0", "r1.1", "r1.2"]]
     assert finished == [[False, True, True], [False, True, True]]
+
+
+def test_the_sample_stage_shuts_the_engine_down_before_returning(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine holds most of the GPU: the stage shuts it down (then vLLM's own cleanup and
+    the CUDA cache) before the next stage, whether sampling ends or fails."""
+    from align.stages.sample import sample_stage
+
+    calls: dict = {}
+    _install(monkeypatch, calls)
+    monkeypatch.setattr("align.config.stages.installed", lambda name: True)
+    cfg = load_pipeline("pipelines/quickstart.yaml", ["sample.backend=vllm"], smoke=True)
+    upstream = {"prepare-model": {"summary": {"policy": {"path": str(resolve_model("tiny"))}}}}
+    summary, _ = sample_stage(cfg, project / "sample", upstream, "h")
+    assert summary["k"] == cfg.sample.k and list((project / "sample").glob("*"))
+    assert (calls["shutdown"], calls["cleanup"]) == (1, 1)
+
+    def broken(*args: object, **kwargs: object) -> list:
+        raise RuntimeError("engine died")
+
+    calls.clear()
+    monkeypatch.setattr(sys.modules["vllm"].LLM, "generate", broken)
+    with pytest.raises(RuntimeError, match="engine died"):
+        sample_stage(cfg, project / "sample-2", upstream, "h")
+    assert calls["shutdown"] == 1
+
+
+def test_the_engine_dtype_follows_the_pipeline_not_the_cpu_default(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from align.generate.vllm_engine import vllm_dtype
+
+    monkeypatch.setattr("align.config.stages.installed", lambda name: True)
+    raw = yaml.safe_load((project / "pipelines/quickstart.yaml").read_text())
+    del raw["model"]["dtype"], raw["sample"]["dtype"]
+    (project / "pipelines/no-dtype.yaml").write_text(yaml.safe_dump(raw))
+
+    def dtype(*overrides: str) -> str:
+        return vllm_dtype(
+            load_pipeline("pipelines/no-dtype.yaml", ["sample.backend=vllm", *overrides])
+        )
+
+    assert dtype() == "auto"  # model.dtype unset: not the schema's float32
+    assert dtype("model.dtype=bfloat16") == "bfloat16"
+    assert dtype("model.dtype=float32") == "float32"  # asked for: honoured
+    assert dtype("model.dtype=float32", "sample.dtype=bfloat16") == "bfloat16"

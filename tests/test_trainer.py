@@ -16,7 +16,8 @@ from align.data.pairing import best_worst_pairs
 from align.model.loading import load_model, load_tokenizer, resolve_model
 from align.stages.annotate import _ref_logps
 from align.train.losses import kwise_loss
-from align.train.trainer import LOG_KEYS, Trainer, _add_pair_stats, step_indices
+from align.train.stats import PAIR_KEYS, pair_sums
+from align.train.trainer import Trainer, step_indices
 
 QS = "pipelines/quickstart.yaml"
 
@@ -46,9 +47,9 @@ def _cfg(*overrides: str):
 
 
 def _pair_stats(loss, policy, ref, rewards, mask) -> tuple[dict[str, float], int]:
-    sums = dict.fromkeys(LOG_KEYS, 0.0)
-    n = _add_pair_stats(sums, kwise_loss(loss, policy, ref, rewards, mask), policy)
-    return sums, n
+    values = pair_sums(kwise_loss(loss, policy, ref, rewards, mask), policy).tolist()
+    sums = dict(zip(PAIR_KEYS, values, strict=True))
+    return sums, int(sums["n_pref"])
 
 
 # row 0: best index 1 (reward 9), worst index 2 (reward 0): log-ratios 2 and -1, margin 3.

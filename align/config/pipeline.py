@@ -150,24 +150,25 @@ def _check_bmc_upo(cfg: PipelineConfig) -> None:
 
 
 def _check_distributed(cfg: PipelineConfig) -> None:
-    """train.distributed: an offline loss, a launchable accelerate config; sharded strategies
-    (FSDP, DeepSpeed) train full weights, DeepSpeed without our gradient accumulation."""
+    """train.distributed: a launchable accelerate config; sharded strategies (FSDP, DeepSpeed)
+    train full weights offline, DeepSpeed without our gradient accumulation."""
     from align.config.accelerate import SHARDED, accelerate_strategy
 
     dist = cfg.train.distributed
     if dist is None:
         return
-    if cfg.train.online:
-        raise ValueError(
-            "train.distributed: online training runs in one process; remove train.distributed "
-            "or use an offline loss"
-        )
     if dist.config is not None and not Path(dist.config).is_file():
         return  # like a data file: the train stage refuses a missing one before it launches
     try:
         strategy = accelerate_strategy(dist.config)
     except ValueError as exc:
         raise ValueError(f"train.distributed.config: {exc}") from None
+    if strategy in SHARDED and cfg.train.online:
+        raise ValueError(
+            f"train.distributed.config: {dist.config} shards the model ({strategy}) but online "
+            "training samples with the whole policy on every process; use "
+            "configs/accelerate/ddp.yaml"
+        )
     if strategy in SHARDED and cfg.model.lora is not None:
         raise ValueError(
             f"train.distributed.config: {dist.config} shards the model ({strategy}) but "

@@ -15,7 +15,10 @@ length, where a cache-less mixture wrapper re-reads the whole prefix every step 
 Prompts are batched with left padding. Each row draws from its own `torch.Generator`, so a
 row's tokens depend only on its prompt and its generator, never on the rest of the batch: a
 caller that seeds the generators from its step index (or the prompt's index) redraws exactly
-the same tokens after a resume, however the prompts are grouped.
+the same tokens after a resume, however the prompts are grouped. Every row takes its
+`max_new_tokens` uniforms from its generator up front; each step then draws all rows at once
+by inverting their cumulative distributions (no per-row loop), and the only host sync of a
+step is the check whether every row has ended.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from align.core.transfer import to_device
+from align.model.cache import cache_kwargs, output_cache
 from align.model.logprobs import left_pad
 
 
@@ -72,11 +77,11 @@ class _Stream:
             input_ids=ids,
             attention_mask=self.mask,
             position_ids=positions,
-            past_key_values=self.past,
             use_cache=self.use_cache,
             logits_to_keep=1,
+            **({} if self.past is None else cache_kwargs(self.past)),
         )
-        self.past = out.past_key_values if self.use_cache else None
+        self.past = output_cache(out) if self.use_cache else None
         return out.logits[:, -1].float()
 
     def first(self) -> Tensor:
@@ -90,6 +95,15 @@ class _Stream:
         if self.use_cache:
             return self._forward(token[:, None], position)
         return self._forward(self.ids, (self.mask.cumsum(-1) - 1).clamp_min(0))
+
+
+def inverse_cdf_draw(logprobs: Tensor, uniforms: Tensor) -> Tensor:
+    """One token per row drawn by inverting its cumulative distribution at its own uniform:
+    the first index whose cumulative probability exceeds u * total. logprobs [N, V] (tokens
+    at -inf are never drawn), uniforms [N] in [0, 1). Returns token ids [N]."""
+    cdf = logprobs.exp().double().cumsum(-1)
+    target = uniforms.double()[:, None] * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)
 
 
 @dataclass
@@ -121,34 +135,34 @@ def sample_mixture(
     """Sample one response per prompt (token ids ``[N][<= max_new_tokens]``) from the geometric
     mixture with weight `beta` on the reference; see the module docstring for the formula.
 
-    `generators` (one per prompt, on the models' device): every row draws once per step from its
-    own, also after it has ended, so its draws depend on nothing else in the batch."""
+    `generators` (one per prompt, on the models' device): every row takes max_new_tokens
+    uniforms from its own (`inverse_cdf_draw` uses one a step, also after the row has ended),
+    so its draws depend on nothing else in the batch."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if len(generators) != len(prompts):
         raise ValueError(f"{len(generators)} generators for {len(prompts)} prompts; pass one each")
     device = policy.device
-    ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
+    ids, mask = (to_device(t, device) for t in left_pad(prompts, pad_id))
+    uniforms = torch.stack(
+        [torch.rand(max_new_tokens, generator=g, device=g.device) for g in generators]
+    ).to(device)  # [N, max_new_tokens]
     weighted = [(policy, 1.0 - beta), (ref, beta)]  # a weight-0 model is not run
     streams = [_Stream(m, ids, mask, use_cache) for m, w in weighted if w > 0]
     logits = [s.first() for s in streams]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     tokens, logps = [], []
-    for _ in range(max_new_tokens):
+    for t in range(max_new_tokens):
         if len(logits) == 1:
             mixed = torch.log_softmax(logits[0], dim=-1)
         else:
             mixed = geometric_mixture_logprobs(logits[0], logits[1], beta)
         dist = sampling_logprobs(mixed, temperature, top_p)
-        probs = dist.exp()
-        token = torch.cat(
-            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
-        )
-        token = torch.where(done, pad_id, token)
+        token = torch.where(done, pad_id, inverse_cdf_draw(dist, uniforms[:, t]))
         logps.append(torch.where(done, 0.0, dist.gather(-1, token[:, None]).squeeze(-1)))
         tokens.append(token)
         done = done | (token == eos_id)
-        if done.all():
+        if done.all():  # the step's one host sync
             break
         logits = [s.advance(token) for s in streams]
     drawn = torch.stack(tokens, dim=1).tolist()

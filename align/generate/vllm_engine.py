@@ -5,24 +5,68 @@ The prompt goes to vLLM as the token ids our chat template produces (no second B
 tokens the HF path and the reference log-probs see); each request carries its own seed, so a
 resumed shard draws what an uninterrupted run would. vLLM is optional: the config validator
 refuses `backend: vllm` where it is not installed.
+
+The engine reserves most of the GPU's memory for its KV cache; `close` (or leaving the `with`
+block) shuts it down and hands that memory back before the next stage in the same process.
 """
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
+from align.config import PipelineConfig
 from align.model.tokenize import encode_prompt
 
 
+def vllm_dtype(cfg: PipelineConfig) -> str:
+    """The engine's dtype: `sample.dtype`, else `model.dtype` when the pipeline sets it, else
+    'auto' (vLLM serves a float32 checkpoint in 16-bit; the schema's float32 default is for
+    the CPU path, where it is the fast choice, not for a GPU engine)."""
+    if cfg.sample.dtype is not None:
+        return cfg.sample.dtype
+    return cfg.model.dtype if "dtype" in cfg.model.model_fields_set else "auto"
+
+
 class VLLMSampler:
-    """One vLLM engine over a prepared model folder; `generate` mirrors `align.sampling`."""
+    """One vLLM engine over a prepared model folder; `generate` mirrors `align.sampling`.
+    A context manager: the engine is shut down on leaving."""
 
     def __init__(self, path: Path | str, dtype: str, seed: int) -> None:
         from vllm import LLM
 
         self.llm = LLM(model=str(path), tokenizer=str(path), dtype=dtype, seed=seed)
+
+    def __enter__(self) -> VLLMSampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Shut the engine down (its worker processes and KV cache) and return the GPU memory
+        to the driver; a second call does nothing."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        shutdown = getattr(llm, "shutdown", None)  # vLLM releases with LLM.shutdown ...
+        if shutdown is None:  # ... or, before it had one, through its engine core
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(core, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        del llm
+        try:
+            from vllm.distributed import cleanup_dist_env_and_memory
+        except ImportError:  # an older vLLM: collecting the engine is all there is
+            gc.collect()
+        else:
+            cleanup_dist_env_and_memory()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def generate(
         self,

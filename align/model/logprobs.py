@@ -4,12 +4,21 @@ Every (prompt, response) pair of a batch is one right-padded row; only response 
 The vocabulary softmax runs through `selected_logps`, a chunk of positions at a time in fp32, so
 no fp32 copy of the [N, T, V] logits is ever made (on the embedded model's 49k vocabulary that
 copy and an unfused logsumexp over it were a third of a training step).
+
+Where the model's output projection (LM head) is whole in this process (not sharded by FSDP or
+ZeRO-3), the forward stops at the final hidden states and `head_selected_logps` projects a
+chunk of positions at a time, recomputing the chunk in the backward: the [N, T, V] logits are
+never materialised at all (at a 32k vocabulary and 4k tokens: 256 MB of bf16 logits plus their
+gradient).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from align.core.transfer import to_device
+from align.model.cache import cache_kwargs, output_cache
 
 # fp32 elements per softmax chunk: 4 MB, cache-sized on a CPU (21 positions of a 49k vocabulary);
 # 256 MB on a GPU, where a chunk is then a whole row of the batch and the loop launches few kernels.
@@ -50,6 +59,120 @@ def _chunks(logits: Tensor):
     for n in range(n_rows):
         for s in range(0, width, step):
             yield n, s, min(s + step, width)
+
+
+class _HeadSelectedLogps(torch.autograd.Function):
+    """log_softmax(hidden @ weight.T)[target] a chunk of positions at a time; the backward
+    recomputes each chunk's logits: grad_logits = g * (onehot(target) - softmax), then
+    grad_hidden = grad_logits @ weight and grad_weight = grad_logits.T @ hidden."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+        device = hidden.device.type
+        dtype = (
+            torch.get_autocast_dtype(device)
+            if torch.is_autocast_enabled(device)
+            else torch.promote_types(hidden.dtype, weight.dtype)
+        )
+        out = torch.empty(targets.shape, dtype=torch.float32, device=hidden.device)
+        w = weight.to(dtype)
+        with torch.autocast(device, enabled=False):
+            for n, s, e in _chunks_of(targets.shape, weight.shape[0], device):
+                logits = (hidden[n, s:e].to(dtype) @ w.T).float()
+                logp = torch.log_softmax(logits, dim=-1)
+                out[n, s:e] = logp.gather(-1, targets[n, s:e, None]).squeeze(-1)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.dtype = dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        hidden, weight, targets = ctx.saved_tensors
+        device, dtype = hidden.device.type, ctx.dtype
+        w = weight.to(dtype)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if ctx.needs_input_grad[1]
+            else None
+        )
+        with torch.autocast(device, enabled=False):
+            for n, s, e in _chunks_of(targets.shape, weight.shape[0], device):
+                h = hidden[n, s:e].to(dtype)
+                g = grad[n, s:e, None].float()
+                p = torch.softmax((h @ w.T).float(), dim=-1).mul_(-g)
+                g_logits = p.scatter_add_(-1, targets[n, s:e, None], g).to(dtype)
+                if grad_hidden is not None:
+                    grad_hidden[n, s:e] = g_logits @ w
+                if grad_weight is not None:
+                    grad_weight += (g_logits.T @ h).float()
+        return (
+            grad_hidden,
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None,
+        )
+
+
+def _chunks_of(shape: torch.Size, vocab: int, device: str):
+    """(row n, start, end) covering [N, T] positions in chunks of at most CHUNK_ELEMENTS[device]
+    logits each (at least one position)."""
+    n_rows, width = shape
+    step = max(1, CHUNK_ELEMENTS.get(device, CHUNK_ELEMENTS["cpu"]) // vocab)
+    for n in range(n_rows):
+        for s in range(0, width, step):
+            yield n, s, min(s + step, width)
+
+
+def head_selected_logps(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(hidden @ weight.T)[n, t, targets[n, t]] without ever holding the [N, T, V]
+    logits: hidden [N, T, H] (final, normalised hidden states), weight [V, H] (the LM head),
+    targets [N, T] -> [N, T] fp32. Matmuls in the autocast dtype when autocast is on."""
+    return _HeadSelectedLogps.apply(hidden, weight, targets)
+
+
+def _whole_head(model) -> Tensor | None:
+    """The LM head's weight [V, H] when this process holds it whole and the head is a plain
+    bias-free projection; None otherwise (FSDP and ZeRO-3 shard it; then the model's own
+    logits are used)."""
+    if _sharded(model):
+        return None
+    inner = getattr(model, "module", model)  # DDP keeps the model as .module
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if get is not None else None
+    weight = getattr(head, "weight", None)
+    if (
+        not isinstance(head, torch.nn.Linear)
+        or head.bias is not None
+        or weight is None
+        or weight.dim() != 2
+        or weight.shape[0] != inner.config.vocab_size
+    ):
+        return None
+    return weight
+
+
+def _sharded(model) -> bool:
+    """Whether FSDP manages `model`'s parameters (FSDP1 wrapper, or FSDP2's DTensor
+    parameters): its gradients then flow only through the wrapped forward."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(model, FullyShardedDataParallel):
+        return True
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def next_token_logps(model, targets: Tensor, **inputs) -> tuple[Tensor, object]:
+    """(log p(targets[n, t] | the tokens up to position t) [N, T] fp32, the model's output) of
+    one forward over `inputs` (input_ids [N, T], masks, cache...). The vocabulary projection is
+    `head_selected_logps` where the head is whole here, else the model's logits."""
+    weight = _whole_head(model)
+    if weight is None:
+        out = model(**inputs)
+        return selected_logps(out.logits, targets), out
+    no_logits = torch.zeros(0, dtype=torch.long, device=targets.device)
+    out = model(**inputs, output_hidden_states=True, logits_to_keep=no_logits)
+    return head_selected_logps(out.hidden_states[-1], weight, targets), out
 
 
 def selected_logps(logits: Tensor, targets: Tensor) -> Tensor:
@@ -100,10 +223,21 @@ def model_sequence_logps(
     model, pairs: list[tuple[list[int], list[int]]], pad_id: int
 ) -> tuple[Tensor, Tensor]:
     """Forward `model` on the packed pairs and return (summed log-probs [N], token counts [N])."""
+    per_token, resp = _packed_scores(model, pairs, pad_id)
+    return per_token.sum(-1), resp[:, 1:].sum(-1)
+
+
+def _packed_scores(
+    model, pairs: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """(log-prob of each next token at response positions, 0 elsewhere [N, T-1] (position t
+    scores token t+1), response mask [N, T]) of one forward over the packed pairs."""
     ids, attn, resp = pack_rows(pairs, pad_id)
-    ids, attn, resp = ids.to(model.device), attn.to(model.device), resp.to(model.device)
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-    return sequence_logps(logits, ids, resp)
+    ids, attn, resp = (to_device(t, model.device) for t in (ids, attn, resp))
+    scores, _ = next_token_logps(
+        model, ids.roll(-1, dims=1), input_ids=ids, attention_mask=attn, use_cache=False
+    )
+    return scores[:, :-1] * resp[:, 1:], resp
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -132,14 +266,12 @@ def packed_token_logps(
 ) -> tuple[Tensor, Tensor]:
     """Per-token response log-probs [N, R] and response mask [N, R] (R the longest response),
     position j scoring response token j, from one forward pass over the packed rows."""
-    ids, attn, resp = pack_rows(pairs, pad_id)
-    ids, attn, resp = ids.to(model.device), attn.to(model.device), resp.to(model.device)
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-    per_token = token_logps(logits, ids, resp)  # [N, T-1]: position t scores token t+1
+    per_token, _ = _packed_scores(model, pairs, pad_id)  # position t scores token t+1
     width = max(len(r) for _, r in pairs)
-    j = torch.arange(width, device=ids.device)
-    start = torch.tensor([len(p) - 1 for p, _ in pairs], device=ids.device)
-    r_mask = j[None, :] < torch.tensor([len(r) for _, r in pairs], device=ids.device)[:, None]
+    device = per_token.device
+    j = torch.arange(width, device=device)
+    start = to_device(torch.tensor([len(p) - 1 for p, _ in pairs]), device)
+    r_mask = j[None, :] < to_device(torch.tensor([len(r) for _, r in pairs]), device)[:, None]
     index = (start[:, None] + j[None, :]).clamp(max=per_token.shape[1] - 1)
     return per_token.gather(1, index) * r_mask, r_mask
 
@@ -157,7 +289,7 @@ def shared_prompt_token_logps(
     instead of K times; differentiable through the shared prompt."""
     device = model.device
     p_ids, p_mask = left_pad([p for p, _ in groups], pad_id)
-    p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+    p_ids, p_mask = to_device(p_ids, device), to_device(p_mask, device)
     prompt_out = model(
         input_ids=p_ids,
         attention_mask=p_mask,
@@ -165,20 +297,21 @@ def shared_prompt_token_logps(
         use_cache=True,
         logits_to_keep=1,  # only the last prompt position scores a response token
     )
-    owners = torch.tensor([g for g, (_, rs) in enumerate(groups) for _ in rs], device=device)
-    cache = prompt_out.past_key_values
+    owners = to_device(torch.tensor([g for g, (_, rs) in enumerate(groups) for _ in rs]), device)
+    cache = output_cache(prompt_out)
     cache.batch_select_indices(owners)
     r_ids, r_attn, r_mask = pack_rows([([], r) for _, rs in groups for r in rs], pad_id)
-    r_ids, r_attn, r_mask = r_ids.to(device), r_attn.to(device), r_mask.to(device)
+    r_ids, r_attn, r_mask = (to_device(t, device) for t in (r_ids, r_attn, r_mask))
     prompt_len = p_mask.sum(-1)[owners]
-    out = model(
+    scores, _ = next_token_logps(
+        model,
+        r_ids.roll(-1, dims=1),
         input_ids=r_ids,
         attention_mask=torch.cat([p_mask[owners], r_attn], dim=1),
         position_ids=prompt_len[:, None] + torch.arange(r_ids.shape[1], device=device),
-        past_key_values=cache,
         use_cache=True,
+        **cache_kwargs(cache),
     )
     # response token t is scored by the prompt's last position for t = 0, else by position t - 1
     first = selected_logps(prompt_out.logits[owners, -1:], r_ids[:, :1])
-    rest = selected_logps(out.logits[:, :-1], r_ids[:, 1:])
-    return torch.cat([first, rest], dim=1) * r_mask, r_mask
+    return torch.cat([first, scores[:, :-1]], dim=1) * r_mask, r_mask

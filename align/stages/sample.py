@@ -5,6 +5,7 @@ first batch it had not finished (records.write_shard_by_units).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from functools import partial
 from pathlib import Path
@@ -28,13 +29,20 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
     path = upstream["prepare-model"]["summary"]["policy"]["path"]
     tokenizer = load_tokenizer(path)
     check_prompts(cfg, tokenizer, records)  # before generating: annotate would refuse them
-    dtype = sc.dtype or cfg.model.dtype
-    if sc.backend == "vllm":
-        from align.generate.vllm_engine import VLLMSampler
+    with contextlib.ExitStack() as stack:
+        if sc.backend == "vllm":  # shut down when sampling ends: the next stage gets the GPU
+            from align.generate.vllm_engine import VLLMSampler, vllm_dtype
 
-        sample = VLLMSampler(path, dtype, sc.seed).generate
-    else:
-        sample = partial(generate, load_model(path, dtype))
+            engine = stack.enter_context(VLLMSampler(path, vllm_dtype(cfg), sc.seed))
+            sample = engine.generate
+        else:
+            sample = partial(generate, load_model(path, sc.dtype or cfg.model.dtype))
+        return _sample_shards(cfg, out, records, tokenizer, sample)
+
+
+def _sample_shards(cfg: PipelineConfig, out: Path, records, tokenizer, sample) -> tuple[dict, list]:
+    """Sample every shard not yet written with `sample` (the HF or vLLM `generate`)."""
+    sc = cfg.sample
     shards = chunks(records, sc.shard_size)
     started, new_tokens = time.perf_counter(), 0
     bar = tqdm(total=len(records), desc="sample", unit="prompt")

@@ -1,5 +1,5 @@
-"""The `train` stage: offline training in this process or under `accelerate launch`, or online
-training. Also the entry point of each launched process (`python -m align.stages.train JOB`).
+"""The `train` stage: offline or online training, in this process or under `accelerate launch`.
+Also the entry point of each launched process (`python -m align.stages.train JOB`).
 """
 
 from __future__ import annotations
@@ -21,22 +21,31 @@ from align.train.launch import ERROR
 def train_stage(
     cfg: PipelineConfig, out: Path, upstream: dict, stage_hash: str
 ) -> tuple[dict, list]:
-    path = Path(upstream["prepare-model"]["summary"]["policy"]["path"])
-    if cfg.train.online:  # samples and labels its own pairs from the prompts
-        from align.train.online import OnlineTrainer
-
-        torch.manual_seed(cfg.train.seed)
-        prompts = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
-        ref = Path(upstream["prepare-model"]["summary"]["reference"]["path"])
-        metrics = OnlineTrainer(cfg, path, ref, prompts, out, stage_hash).train()
-    elif cfg.train.distributed is not None:  # each launched process runs train_offline
+    models = upstream["prepare-model"]["summary"]
+    policy, reference = Path(models["policy"]["path"]), Path(models["reference"]["path"])
+    if cfg.train.distributed is not None:  # each launched process runs train_here
         from align.train.launch import launch_training
 
-        metrics = launch_training(cfg, path, out, stage_hash)
+        metrics = launch_training(cfg, policy, out, stage_hash, reference=reference)
     else:
-        metrics = train_offline(cfg, path, out, stage_hash)
+        metrics = train_here(cfg, policy, reference, out, stage_hash)
     write_model_card(out / "model", cfg, upstream, stage_hash, metrics)
     return metrics, [out / "model" / "config.json"]
+
+
+def train_here(
+    cfg: PipelineConfig, policy: Path, reference: Path, out: Path, stage_hash: str
+) -> dict:
+    """Online training (it samples and labels its own pairs from the prompts, against
+    `reference`) or offline training, in this process, which may be one of several under
+    `accelerate launch`; returns the final metrics (empty on processes but the main one)."""
+    if not cfg.train.online:
+        return train_offline(cfg, policy, out, stage_hash)
+    from align.train.online import OnlineTrainer
+
+    torch.manual_seed(cfg.train.seed)
+    prompts = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
+    return OnlineTrainer(cfg, policy, reference, prompts, out, stage_hash).train()
 
 
 def train_offline(cfg: PipelineConfig, policy: Path, out: Path, stage_hash: str) -> dict:
@@ -59,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(job["out"])
     try:
         cfg = validate_dict(job["config"], job_file)
-        train_offline(cfg, Path(job["policy"]), out, job["stage_hash"])
+        policy = Path(job["policy"])
+        train_here(cfg, policy, Path(job.get("reference", policy)), out, job["stage_hash"])
     except AlignError as exc:
         atomic_write_text(out / ERROR, str(exc))
         print(f"error: {exc}", file=sys.stderr)

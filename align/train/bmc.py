@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from align.core.transfer import to_device
+
 __all__ = [
     "bmc_batch_logps",
     "bmc_token_weights",
@@ -104,11 +106,11 @@ def bmc_weighted_logps(
 
 def pad_rows(rows: Sequence[Sequence[float]], width: int, like: Tensor) -> Tensor:
     """Right-pad per-response lists (diff masks, per-token log-probs) into ``[N, width]`` with
-    zeros, on ``like``'s device in float64."""
-    out = torch.zeros(len(rows), width, dtype=torch.float64, device=like.device)
+    zeros, on ``like``'s device in float64 (built on the host, sent in one copy)."""
+    out = torch.zeros(len(rows), width, dtype=torch.float64)
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
-    return out
+    return to_device(out, like.device)
 
 
 def bmc_batch_logps(

@@ -11,8 +11,10 @@ deleted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from align.core.io import atomic_dir, atomic_write_json, atomic_write_text, read
 from align.train.precision import MasterWeights
 
 VALUE_HEAD = "value_head.safetensors"  # UPO: beside trainable.safetensors and the final model
+SHARDS = "fsdp"  # an FSDP checkpoint's folder of model and optimizer shards
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -39,11 +42,37 @@ def trainable_weights(
     """The trainable weights, whole on the main process. Every process must call it: FSDP and
     ZeRO-3 shard the weights, and gathering them is collective."""
     if acc.distributed_type in SHARDED:  # full fine-tuning: align.config refuses LoRA
-        return {n: t.contiguous() for n, t in acc.get_state_dict(model).items()}
+        state = acc.get_state_dict(model)
+        if state is None:  # ZeRO-3 hands the gathered weights to the main process only
+            if acc.is_main_process:
+                raise AlignError(
+                    "train: DeepSpeed returned no weights on the main process; set "
+                    "zero3_save_16bit_model: true in the accelerate config (configs/accelerate/"
+                    "zero3.yaml does)"
+                )
+            return {}
+        return {n: t.contiguous() for n, t in state.items()}
     if master is not None:
         return master.state_dict()
     model = acc.unwrap_model(model)
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG streams a training step draws from: torch's CPU generator and, where CUDA is
+    present, every visible GPU's generator (dropout on GPU draws from those)."""
+    state: dict[str, Any] = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set the generators `rng_state` saved; a checkpoint written with CUDA restores the GPU
+    generators when CUDA is present (a CPU-only resume of a GPU run keeps the CPU stream)."""
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def save_value_head(acc: Accelerator, value_head: nn.Module | None, folder: Path) -> None:
@@ -68,8 +97,8 @@ def save_checkpoint(
 ) -> None:
     """Write the checkpoint of `step` (main process only) and delete all but the newest `keep`.
 
-    weights: `trainable_weights`; training_state: what `optimizer.pt` holds (optimizer,
-    scheduler and rng state dicts)."""
+    weights: `trainable_weights`; training_state: what `optimizer.pt` holds (optimizer and
+    scheduler state dicts and `rng_state()`)."""
     with atomic_dir(checkpoint_dir(out, step)) as tmp:
         save_file(weights, tmp / "trainable.safetensors")
         save_value_head(acc, value_head, tmp)
@@ -82,6 +111,90 @@ def save_checkpoint(
         doomed = old.with_name(f".{old.name}.deleting")
         old.rename(doomed)
         shutil.rmtree(doomed)
+
+
+@contextlib.contextmanager
+def _shared_atomic_dir(acc: Accelerator, final: Path) -> Iterator[Path]:
+    """`atomic_dir` opened by the main process and written by every process: the folder appears
+    whole, after all of them finished writing into it."""
+    from accelerate.utils import broadcast_object_list
+
+    if acc.is_main_process:
+        with atomic_dir(final) as tmp:
+            broadcast_object_list([str(tmp)])
+            yield tmp
+            acc.wait_for_everyone()
+    else:
+        box: list = [None]
+        broadcast_object_list(box)
+        yield Path(box[0])
+        acc.wait_for_everyone()
+    acc.wait_for_everyone()  # nobody reads or prunes before the rename
+
+
+@contextlib.contextmanager
+def _sharded_state_dicts(acc: Accelerator) -> Iterator[object]:
+    """accelerate's FSDP plugin switched to sharded state dicts for the duration (the final
+    model keeps the config's full, gathered state dict)."""
+    plugin = acc.state.fsdp_plugin
+    kept = plugin.state_dict_type
+    plugin.set_state_dict_type("SHARDED_STATE_DICT")
+    try:
+        yield plugin
+    finally:
+        plugin.set_state_dict_type(kept)
+
+
+def save_fsdp_checkpoint(
+    out: Path,
+    step: int,
+    stage_hash: str,
+    keep: int,
+    *,
+    acc: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    training_state: dict[str, Any],
+) -> None:
+    """The checkpoint of `step` under FSDP, written by every process (collective): model and
+    optimizer shards in `fsdp/`, `optimizer.pt` with the schedule and RNG state (main process).
+    The weights are never gathered whole."""
+    from accelerate.utils import save_fsdp_model, save_fsdp_optimizer
+
+    with _shared_atomic_dir(acc, checkpoint_dir(out, step)) as tmp:
+        with _sharded_state_dicts(acc) as plugin:
+            save_fsdp_model(plugin, acc, model, tmp / SHARDS)
+            save_fsdp_optimizer(plugin, acc, optimizer, model, tmp / SHARDS)
+        if acc.is_main_process:
+            torch.save(training_state, tmp / "optimizer.pt")
+            atomic_write_json(tmp / "state.json", {"step": step, "stage_hash": stage_hash})
+    if acc.is_main_process:
+        for old in sorted((out / "checkpoints").glob("step-*"))[:-keep]:
+            shutil.rmtree(old)
+
+
+def load_fsdp_checkpoint(
+    ckpt: Path,
+    acc: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> None:
+    """Every process loads its shards of an FSDP checkpoint, then the schedule and RNG state;
+    a checkpoint without shards (or damaged) is refused in one line."""
+    from accelerate.utils import load_fsdp_model, load_fsdp_optimizer
+
+    if not (ckpt / SHARDS).is_dir():
+        raise AlignError(
+            f"{ckpt}: not an FSDP checkpoint (no {SHARDS}/ shards); delete {ckpt.parent} to "
+            "train from scratch"
+        )
+    with _sharded_state_dicts(acc) as plugin:
+        load_fsdp_model(plugin, acc, model, ckpt / SHARDS)
+        load_fsdp_optimizer(plugin, acc, optimizer, model, ckpt / SHARDS)
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state)
 
 
 def checkpoint_step(ckpt: Path, stage_hash: str) -> int:
@@ -139,7 +252,7 @@ def load_checkpoint(
         state = torch.load(ckpt / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        restore_rng(state)
     except Exception as exc:  # safetensors, pickle and shape errors all mean: unusable
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise AlignError(

@@ -5,11 +5,12 @@ inputs to a job file in the stage folder and runs
 
     accelerate launch --num_processes N [--config_file C] ... -m align.stages.train JOB
 
-Each launched process runs `main`: the same offline trainer as a one-process run
-(`align.stages.train.train_offline`), which shards every step's prompts by process index
-(align/train/trainer.py). The main process writes the log, checkpoints, model and metrics; the stage
-runner then returns those metrics. Without a config file the launcher starts plain DDP through
-torchrun: gloo on CPU, NCCL on GPUs (the trainer's `Accelerator` picks the device).
+Each launched process runs `main`: the same trainer as a one-process run
+(`align.stages.train.train_here`, offline or online), which shards every step's prompts by
+process index (align/train/trainer.py). The main process writes the log, checkpoints, model
+and metrics; the stage runner then returns those metrics. Without a config file the launcher
+starts plain DDP through torchrun: gloo on CPU, NCCL on GPUs (the trainer's `Accelerator`
+picks the device).
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ def launch_command(cfg: PipelineConfig, job: Path) -> list[str]:
     return [*cmd, "-m", "align.stages.train", str(job)]
 
 
-def launch_training(cfg: PipelineConfig, policy: Path, out: Path, stage_hash: str) -> dict:
-    """Train under `accelerate launch` and return the final metrics (`metrics.json`).
+def launch_training(
+    cfg: PipelineConfig, policy: Path, out: Path, stage_hash: str, *, reference: Path | None = None
+) -> dict:
+    """Train under `accelerate launch` and return the final metrics (`metrics.json`);
+    `reference` (online training; default the policy) is the frozen reference model's folder.
 
     A process that stops on bad input raises its one-line AlignError here; any other failure
     raises RuntimeError (the processes' output, above it, says why)."""
@@ -79,6 +83,7 @@ def launch_training(cfg: PipelineConfig, policy: Path, out: Path, stage_hash: st
         {
             "config": cfg.model_dump(mode="json", exclude_unset=True),  # re-validates as is
             "policy": str(policy),
+            "reference": str(reference or policy),
             "out": str(out),
             "stage_hash": stage_hash,
         },

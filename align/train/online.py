@@ -7,11 +7,16 @@ opponent y' from the mixture. p = P(y > y') comes from `train.preference`, and
 `align.train.losses.online_loss` takes the policy's (with gradient) and the reference's summed
 log-probs of the pair. The step's loss is the mean over its prompts.
 
-Same run layout as the offline trainer (which this class extends for checkpoints and resume):
-the prompts of step s are `step_indices(s, ...)`, and each sampled row has its own generator
-seeded from (train.seed, s, its place in the step), so the sampler's RNG state is a function of
-the step a checkpoint stores: a run resumed from a checkpoint draws exactly the pairs an
-uninterrupted run draws.
+Same run layout as the offline trainer (which this class extends for checkpoints, resume and
+multi-process training): the prompts of step s are `step_indices(s, ...)`, each process takes
+its slice of them, and each sampled row has its own generator seeded from (train.seed, s, its
+place in the whole step), so the sampler's RNG state is a function of the step a checkpoint
+stores: a run resumed from a checkpoint draws exactly the pairs an uninterrupted run draws, and
+N processes draw the pairs one process draws. Under `accelerate launch` (`train.distributed`)
+every process samples and labels its own prompts; DDP averages the gradients.
+
+With LoRA and no separate `model.reference`, the reference is the policy with its adapters
+switched off (`align.model.reference.AdapterDisabled`), not a second copy of the model.
 
 Logged per step: loss, mean p, the win rate P(y > y_ref) of the first training sample against
 one reference sample per prompt (seeded by the prompt's index, drawn the first time the prompt
@@ -22,7 +27,6 @@ samples per second.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -30,13 +34,16 @@ import torch
 
 from align.config import PipelineConfig
 from align.config.losses import LossParams
+from align.core.transfer import to_device
 from align.data.records import RESERVED
 from align.generate.mixture import sample_mixture
 from align.model.loading import load_model, load_tokenizer
 from align.model.logprobs import shared_prompt_logps
+from align.model.reference import AdapterDisabled
 from align.model.tokenize import check_prompt_lengths, encode_prompt
 from align.rewards.preference import Preference
 from align.train.losses import online_loss
+from align.train.stats import StepStats
 from align.train.trainer import Trainer, trainable_policy
 
 ONLINE_LOG_KEYS = (
@@ -48,6 +55,8 @@ ONLINE_LOG_KEYS = (
     "length/mean",
     "samples_per_s",
 )
+# the sums a step accumulates (summed over the processes before they are logged)
+STEP_KEYS = (*ONLINE_LOG_KEYS[:-1], "n_seq", "sample_s", "tokens")
 
 
 def mixture_weights(params: LossParams) -> tuple[float, float]:
@@ -83,12 +92,16 @@ class OnlineTrainer(Trainer):
         ]
         # prompt indices: the inherited `_micro_batches` then yields index lists
         self.examples = list(range(len(records)))
-        self.ref = load_model(ref_path, self.weights_dtype).requires_grad_(False)
         self._optimize(
             trainable_policy(load_model(policy_path, self.weights_dtype, self.tc.attention), cfg),
             [],
         )
-        self.ref.to(self.acc.device)
+        if cfg.model.lora is not None and Path(ref_path).resolve() == Path(policy_path).resolve():
+            # the initial policy is the LoRA model's frozen base: no second copy
+            self.ref = AdapterDisabled(self.acc.unwrap_model(self.model))
+        else:
+            self.ref = load_model(ref_path, self.weights_dtype).requires_grad_(False)
+            self.ref.to(self.acc.device)
         self.loss = cfg.train.loss
         self.preference = Preference(cfg.train.preference)
         self.ref_texts: dict[int, str] = {}
@@ -133,24 +146,33 @@ class OnlineTrainer(Trainer):
         return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
     # ---- one optimizer step --------------------------------------------------------------
+    def _seeds(self, m: int, b: int) -> list[int]:
+        """Generator seeds of micro-batch m's y rows then y' rows on this process: a function of
+        (train.seed, step, the row's place in the whole step), so one process and several
+        draw the same pairs for the same prompts."""
+        w, r = self.acc.num_processes, self.acc.process_index
+        base = (self.tc.seed * 1_000_003 + self.step) * 1_009 * 2 * self.per_step
+        first = m * b * w + r * b  # the step-wide place of this micro-batch's first row
+        return [base + 2 * (first + i) for i in range(b)] + [
+            base + 2 * (first + i) + 1 for i in range(b)
+        ]
+
     def train_step(self) -> dict[str, float]:
         local = self.tc.batch_size * self.tc.grad_accum
         w_y, w_opp = mixture_weights(self.loss)
-        sums = dict.fromkeys(ONLINE_LOG_KEYS, 0.0)
-        sample_s = tokens = n_seq = 0
+        stats = StepStats(STEP_KEYS, self.acc.device)
         micro_batches = self._micro_batches()
         for m, idx in enumerate(micro_batches):
             b = len(idx)
-            first = ((self.tc.seed * 1_000_003 + self.step) * 1_009 + m) * 2 * b
-            seeds = list(range(first, first + 2 * b))  # y rows, then y' rows
+            seeds = self._seeds(m, b)
             started = time.perf_counter()
             if w_y == w_opp:  # both from one distribution: one batched call
                 both = self._sample(idx + idx, w_y, seeds)
                 ys, opps = both[:b], both[b:]
             else:
                 ys, opps = self._sample(idx, w_y, seeds[:b]), self._sample(idx, w_opp, seeds[b:])
-            sample_s += time.perf_counter() - started
-            n_seq += 2 * b
+            stats.add("sample_s", time.perf_counter() - started)
+            stats.add("n_seq", 2 * b)
             prompts = [self.records[i]["prompt"] for i in idx]
             columns = {
                 k: [self.records[i].get(k) for i in idx]
@@ -159,33 +181,35 @@ class OnlineTrainer(Trainer):
             }
             texts_y = self._decode(ys)
             p = self.preference(prompts, texts_y, self._decode(opps), columns)
-            label = torch.tensor(p, dtype=torch.float64, device=self.acc.device)
+            label = to_device(torch.tensor(p, dtype=torch.float64), self.acc.device)
             groups = [(self.prompts[i], [y, o]) for i, y, o in zip(idx, ys, opps, strict=True)]
             with torch.no_grad(), self.acc.autocast():  # as the policy's: h = 0 at step 0
                 ref = shared_prompt_logps(self.ref, groups, self.tokenizer.pad_token_id)[0]
             ref = ref.view(-1, 2).double()
-            sync = m == len(micro_batches) - 1
-            ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
-            with ctx, self.acc.autocast():
+            with self._accumulating(m == len(micro_batches) - 1), self.acc.autocast():
                 policy = self._sequence_logps(groups)[0].view(-1, 2).double()
                 losses = online_loss(self.loss, policy, ref, label)
                 self.acc.backward(losses.sum() / local)
             lengths = [len(y) + len(o) for y, o in zip(ys, opps, strict=True)]
-            tokens += sum(lengths) + sum(len(self.prompts[i]) for i in idx)
-            sums["loss"] += losses.detach().sum().item()
-            sums["preference/mean"] += sum(p)
-            sums["kl"] += (policy[:, 0].detach() - ref[:, 0]).sum().item()
-            sums["logps/policy"] += policy[:, 0].detach().sum().item()
-            sums["length/mean"] += sum(lengths) / 2
+            stats.add("tokens", sum(lengths) + sum(len(self.prompts[i]) for i in idx))
+            stats.add("loss", losses.detach().sum())
+            stats.add("preference/mean", sum(p))
+            stats.add("kl", (policy[:, 0].detach() - ref[:, 0]).sum())
+            stats.add("logps/policy", policy[:, 0].detach().sum())
+            stats.add("length/mean", sum(lengths) / 2)
             if self.tc.rollout.win_rate:
                 wins = self.preference(prompts, texts_y, self._reference_texts(idx), columns)
-                sums["win_rate/vs_reference"] += sum(wins)
-        grad_norm = self._optimizer_step()
-        row = {k: sums[k] / local for k in ONLINE_LOG_KEYS}
+                stats.add("win_rate/vs_reference", sum(wins))
+        total, grad_norm = stats.read(self.acc, self._optimizer_step())
+        world = self.acc.num_processes
+        row = {k: total[k] / (local * world) for k in ONLINE_LOG_KEYS[:-1]}
         if not self.tc.rollout.win_rate:
             row["win_rate/vs_reference"] = float("nan")
-        row["samples_per_s"] = n_seq / sample_s
-        row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens)
+        # every process samples at once: sequences of all over the mean sampling time
+        row["samples_per_s"] = total["n_seq"] / (total["sample_s"] / world)
+        row.update(
+            lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=int(total["tokens"])
+        )
         return row
 
     # ---- the loop: Trainer's, with these hooks -------------------------------------------

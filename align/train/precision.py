@@ -1,4 +1,12 @@
-"""`train.precision: bf16_weights`: the model holds bf16 weights, the optimizer fp32 masters.
+"""Which dtype the trained weights live in, and `train.precision: bf16_weights`.
+
+Trained weights always have an fp32 copy that the optimizer steps: AdamW's update at a 7B
+recipe's learning rate (5e-7) is far below bf16's resolution (2^-8 relative), so bf16 weights
+stepped in place keep their value almost everywhere. With `precision: bf16` (or fp32) a fully
+fine-tuned policy is therefore loaded in fp32 whatever `model.dtype` says, and bf16 autocast
+runs the matmuls; with LoRA the frozen base stays in `model.dtype` and the adapters are fp32.
+
+`bf16_weights`: the model holds bf16 weights, the optimizer fp32 masters.
 
 Forward and backward run in bf16 with no per-op casts (autocast re-casts every fp32 weight on
 every use, which costs a 135M model more than its matmuls save on a CPU). The optimizer steps
@@ -12,9 +20,13 @@ import torch
 from torch import nn
 
 
-def weights_dtype(precision: str, model_dtype: str) -> str:
-    """The dtype the trained policy is loaded in: bf16 for `bf16_weights`, else `model.dtype`."""
-    return "bfloat16" if precision == "bf16_weights" else model_dtype
+def weights_dtype(precision: str, model_dtype: str, full_fine_tuning: bool) -> str:
+    """The dtype the trained policy is loaded in: bf16 for `bf16_weights`; fp32 when every
+    weight is trained (those weights are the optimizer's masters); else (LoRA: frozen base
+    weights) `model.dtype`."""
+    if precision == "bf16_weights":
+        return "bfloat16"
+    return "float32" if full_fine_tuning else model_dtype
 
 
 class MasterWeights:

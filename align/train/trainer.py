@@ -9,7 +9,9 @@ shrink with the tie rate of K-wise data (TRL's pairs never tie; this is its mean
 Under `accelerate launch` each process takes an equal slice of the step's prompts and scales its
 sum by processes / step count; DDP's mean over processes then gives the same global mean, and the
 logged figures are summed over the processes. Reference log-probs come
-precomputed from annotate.
+precomputed from annotate. A step's figures stay on the device until the step ends and are
+read back once (align/train/stats.py); under FSDP every micro-batch reduce-scatters its
+gradients (no `no_sync`) and checkpoints hold shards (align/train/checkpoint.py).
 
 Two losses change the step (docs/bmc-upo.md):
 - BMC (`dpo_bmc`, `ipo_bmc`, `nca_pair_bmc`): per-token policy log-probs are weighted by the
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
@@ -41,6 +43,7 @@ from align.config.accelerate import SHARDED
 from align.config.losses import LossParams, UPOParams
 from align.core.errors import AlignError
 from align.core.io import atomic_dir, atomic_write_json, atomic_write_text
+from align.core.transfer import to_device
 from align.model.loading import load_model, load_tokenizer
 from align.model.logprobs import (
     model_sequence_logps,
@@ -51,9 +54,10 @@ from align.model.logprobs import (
 from align.model.tokenize import encode_record
 from align.train import checkpoint, trackers
 from align.train.bmc import bmc_batch_logps
-from align.train.losses import LossOutput, counting_rows, kwise_loss
+from align.train.losses import counting_rows, kwise_loss
 from align.train.precision import MasterWeights, weights_dtype
 from align.train.probe import probe_indices, probe_metrics, run_probe
+from align.train.stats import PAIR_KEYS, StepStats, pair_sums
 from align.train.upo import ValueHead, prompt_hidden, upo_loss
 
 UPO_KEYS = (
@@ -71,6 +75,7 @@ LOG_KEYS = (
     "rewards/margin",
     "rewards/accuracy",
 )
+STEP_KEYS = ("loss", *PAIR_KEYS, "tokens", *UPO_KEYS)  # the sums a step accumulates
 
 
 @dataclass
@@ -165,10 +170,19 @@ def collate(
     return pairs, rewards, ref, mask
 
 
-def _scatter(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
-    out[mask] = flat
-    return out
+def _slots(examples: list[Example], k: int) -> torch.Tensor:
+    """Flat positions [N] in the [B, k] grid of `collate` of every response, in the order
+    `collate` flattens them (built from lengths alone: nothing is read back from a tensor)."""
+    return torch.tensor(
+        [b * k + j for b, e in enumerate(examples) for j in range(len(e.responses))]
+    )
+
+
+def _scatter(flat: torch.Tensor, slots: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """flat [N] placed at `slots` of a zero [B, K] grid (differentiable; no host sync, unlike
+    boolean-mask assignment)."""
+    out = flat.new_zeros(shape[0] * shape[1])
+    return out.index_copy(0, slots, flat).view(shape)
 
 
 def trainable_policy(model: PreTrainedModel, cfg: PipelineConfig) -> PreTrainedModel:
@@ -233,7 +247,9 @@ class Trainer:
         """The run's settings, its `Accelerator` (bf16 autocast when `train.precision` says so)
         and step 0."""
         self.cfg, self.tc, self.out, self.stage_hash = cfg, cfg.train, out, stage_hash
-        self.weights_dtype = weights_dtype(self.tc.precision, cfg.model.dtype)
+        self.weights_dtype = weights_dtype(
+            self.tc.precision, cfg.model.dtype, full_fine_tuning=cfg.model.lora is None
+        )
         self.master: MasterWeights | None = None  # bf16_weights only: the optimizer's fp32 copy
         self.acc = Accelerator(
             mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
@@ -280,6 +296,21 @@ class Trainer:
 
     # ---- checkpoints (align/train/checkpoint.py) ----------------------------------------
     def save_checkpoint(self) -> None:
+        if self.acc.distributed_type == DistributedType.FSDP:  # shards, never gathered here
+            checkpoint.save_fsdp_checkpoint(
+                self.out,
+                self.step,
+                self.stage_hash,
+                self.tc.keep_checkpoints,
+                acc=self.acc,
+                model=self.model,
+                optimizer=self.optimizer,
+                training_state={
+                    "scheduler": self.scheduler.state_dict(),
+                    **checkpoint.rng_state(),
+                },
+            )
+            return
         weights = checkpoint.trainable_weights(self.acc, self.model, self.master)
         if not self.acc.is_main_process:
             return
@@ -294,7 +325,7 @@ class Trainer:
             training_state={
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
+                **checkpoint.rng_state(),
             },
         )
 
@@ -305,11 +336,24 @@ class Trainer:
         if found is None:
             return
         latest, step = found
-        if self.acc.distributed_type in SHARDED:
-            raise AlignError(
-                f"{latest}: resuming an FSDP or DeepSpeed run is not supported (its optimizer "
-                f"state is sharded); delete {latest.parent} to train from scratch"
+        if self.acc.distributed_type == DistributedType.FSDP:
+            checkpoint.load_fsdp_checkpoint(
+                latest, self.acc, self.model, self.optimizer, self.scheduler
             )
+        elif self.acc.distributed_type in SHARDED:
+            raise AlignError(
+                f"{latest}: resuming a DeepSpeed run is not supported (its optimizer state is "
+                f"partitioned); delete {latest.parent} to train from scratch"
+            )
+        else:
+            self._load_checkpoint(latest)
+        self.step = step
+        checkpoint.trim_log(self.out / "log.jsonl", self.step)
+        checkpoint.trim_log(self.out / "probe.jsonl", self.step)
+        tqdm.write(f"resuming from {latest} (step {self.step}/{self.total_steps})")
+
+    def _load_checkpoint(self, latest: Path) -> None:
+        """Weights (and masters), value head, optimizer, schedule and RNG from `latest`."""
         checkpoint.load_checkpoint(
             latest,
             self.acc,
@@ -319,10 +363,6 @@ class Trainer:
             self.optimizer,
             self.scheduler,
         )
-        self.step = step
-        checkpoint.trim_log(self.out / "log.jsonl", self.step)
-        checkpoint.trim_log(self.out / "probe.jsonl", self.step)
-        tqdm.write(f"resuming from {latest} (step {self.step}/{self.total_steps})")
 
     # ---- one optimizer step --------------------------------------------------------------
     def _micro_batches(self) -> list[list[Example]]:
@@ -383,22 +423,24 @@ class Trainer:
         batch: list[Example],
         policy: torch.Tensor,
         n_tok: torch.Tensor,
-        mask: torch.Tensor,
+        slots: torch.Tensor,
         pref_losses: torch.Tensor,
     ):
-        """UPO's objective for one micro-batch: `upo_loss` over every valid response, the
-        value head reading each prompt's last hidden state. policy, n_tok, mask: [B, K]."""
+        """UPO's objective for one micro-batch: `upo_loss` over every valid response (at the
+        flat `slots` of the [B, K] grid), the value head reading each prompt's last hidden
+        state. policy, n_tok: [B, K]."""
         p = self.loss
         hidden = prompt_hidden(self.model, [e.prompt for e in batch], self.tokenizer.pad_token_id)
         values = self.value_head(hidden.float())  # [B]
-        aux = torch.zeros(mask.shape, dtype=torch.float64, device=policy.device)
-        for b, e in enumerate(batch):
-            aux[b, : len(e.aux_rewards)] = torch.tensor(e.aux_rewards, dtype=torch.float64)
+        aux = torch.tensor(
+            [r for e in batch for r in e.aux_rewards], dtype=torch.float64
+        )  # valid responses in slot order
+        aux = to_device(aux, policy.device)
         return upo_loss(
             pref_losses,
-            (policy / n_tok.clamp_min(1))[mask],
-            aux[mask],
-            values.unsqueeze(1).expand(mask.shape)[mask],
+            (policy / n_tok.clamp_min(1)).reshape(-1)[slots],
+            aux,
+            values.unsqueeze(1).expand(policy.shape).reshape(-1)[slots],
             step=self.step,
             gamma=p.gamma,
             lam=p.lambda_,
@@ -406,46 +448,52 @@ class Trainer:
             expectile=p.expectile,
             aux_warmup_steps=p.aux_warmup_steps,
             max_weight=p.max_weight or None,  # 0: no clip
-        ), aux[mask]
+        ), aux
+
+    def _accumulating(self, last: bool):
+        """The context of one micro-batch's backward: gradients are synchronised on the last
+        micro-batch only (`no_sync` before it), except under FSDP, where `no_sync` would keep
+        a full unsharded gradient per process: there every micro-batch reduce-scatters."""
+        if last or self.acc.distributed_type == DistributedType.FSDP:
+            return contextlib.nullcontext()
+        return self.acc.no_sync(self.model)
 
     def train_step(self) -> dict[str, float]:
-        sums = dict.fromkeys(LOG_KEYS, 0.0)
-        upo_sums = dict.fromkeys(UPO_KEYS, 0.0)
-        n_pref = tokens = 0
         local = self.tc.batch_size * self.tc.grad_accum
         world = self.acc.num_processes
         counted = max(1, self._counted_rows())
+        stats = StepStats(STEP_KEYS, self.acc.device)
         micro_batches = self._micro_batches()
         for m, batch in enumerate(micro_batches):
             pairs, rewards, ref, mask = collate(batch)
-            sync = m == len(micro_batches) - 1
-            ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
-            with ctx, self.acc.autocast():
+            with self._accumulating(m == len(micro_batches) - 1), self.acc.autocast():
                 logps, weighted_ref, counts = self._policy_logps(batch, pairs)
                 device = logps.device
-                mask_d = mask.to(device)
-                policy = _scatter(logps.double(), mask_d)
-                n_tok = _scatter(counts.double(), mask_d)
-                if weighted_ref is not None:
-                    ref = _scatter(weighted_ref.double(), mask_d).cpu()
+                slots = to_device(_slots(batch, mask.shape[1]), device)
+                mask_d = to_device(mask, device)
+                policy = _scatter(logps.double(), slots, mask.shape)
+                n_tok = _scatter(counts.double(), slots, mask.shape)
+                if weighted_ref is None:
+                    ref_d = to_device(ref, device)
+                else:
+                    ref_d = _scatter(weighted_ref.double(), slots, mask.shape)
                 out = kwise_loss(
-                    self.pref_loss, policy, ref.to(device), rewards.to(device), mask_d, n_tok
+                    self.pref_loss, policy, ref_d, to_device(rewards, device), mask_d, n_tok
                 )
                 losses = out.losses
                 objective = losses.sum() * world / counted
                 if self.value_head is not None:
-                    terms, aux = self._upo_terms(batch, policy, n_tok, mask_d, losses)
+                    terms, aux = self._upo_terms(batch, policy, n_tok, slots, losses)
                     objective = terms.total * len(batch) / local
                     share = len(batch) / local
                     values = (terms.total, terms.actor, terms.value, aux.mean())
                     for key, value in zip(UPO_KEYS, values, strict=True):
-                        upo_sums[key] += value.item() * share
+                        stats.add(key, value.detach() * share)
                 self.acc.backward(objective)
-            tokens += sum(len(p) + len(r) for p, r in pairs)
-            sums["loss"] += losses.detach().sum().item()
-            n_pref += _add_pair_stats(sums, out, policy.detach().cpu())
-        grad_norm = self._optimizer_step()
-        total = self._sum_over_processes({**sums, **upo_sums, "n_pref": n_pref, "tokens": tokens})
+            stats.add("tokens", sum(len(p) + len(r) for p, r in pairs))
+            stats.add("loss", losses.detach().sum())
+            stats.add_many(PAIR_KEYS, pair_sums(out, policy.detach()))
+        total, grad_norm = stats.read(self.acc, self._optimizer_step())
         row = {"loss": total["loss"] / counted}
         for key in LOG_KEYS[1:]:
             row[key] = total[key] / total["n_pref"] if total["n_pref"] else float("nan")
@@ -459,31 +507,23 @@ class Trainer:
             )
         return row
 
-    def _optimizer_step(self) -> float | None:
+    def _optimizer_step(self) -> torch.Tensor | float | None:
         """Clip (`train.max_grad_norm`), step the optimizer and the schedule, clear the
-        gradients; returns the gradient norm before clipping (None when not clipped, or when
-        DeepSpeed clips inside its engine)."""
+        gradients; returns the gradient norm before clipping, left on the device (None when not
+        clipped, or when DeepSpeed clips inside its engine)."""
         grad_norm = None
         params = self.model.parameters()
         if self.master is not None:
             self.master.grads_to_masters()
             params = self.master.masters
         if self.tc.max_grad_norm is not None:
-            norm = self.acc.clip_grad_norm_(params, self.tc.max_grad_norm)
-            grad_norm = None if norm is None else float(norm)
+            grad_norm = self.acc.clip_grad_norm_(params, self.tc.max_grad_norm)
         self.optimizer.step()
         if self.master is not None:
             self.master.masters_to_model()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
-
-    def _sum_over_processes(self, values: dict[str, float]) -> dict[str, float]:
-        """Each value summed over the processes (one process: unchanged), so the log describes
-        the whole step rather than the main process's share of it."""
-        local = torch.tensor(list(values.values()), dtype=torch.float64, device=self.acc.device)
-        summed = self.acc.reduce(local, reduction="sum").tolist()
-        return dict(zip(values, summed, strict=True))
 
     # ---- the loop -----------------------------------------------------------------------
     def train(self) -> dict:
@@ -591,24 +631,6 @@ class Trainer:
         }
         atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
-
-
-def _add_pair_stats(sums: dict[str, float], out: LossOutput, policy: torch.Tensor) -> int:
-    """Add the logging sums of the rows that have a preference (chosen = highest reward,
-    rejected = lowest, as `best_worst_pairs` pairs them): the loss's implicit rewards and the
-    policy log-probs `policy` [B, K] (on the CPU); returns how many rows counted."""
-    has = out.has_preference.cpu()
-    if not has.any():
-        return 0
-    rows = torch.arange(len(has))[has]
-    rc, rr = out.chosen_rewards.cpu()[has], out.rejected_rewards.cpu()[has]
-    sums["logps/chosen"] += policy[rows, out.chosen.cpu()[has]].sum().item()
-    sums["logps/rejected"] += policy[rows, out.rejected.cpu()[has]].sum().item()
-    sums["rewards/chosen"] += rc.sum().item()
-    sums["rewards/rejected"] += rr.sum().item()
-    sums["rewards/margin"] += (rc - rr).sum().item()
-    sums["rewards/accuracy"] += (rc > rr).double().sum().item()
-    return len(rows)
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from align.core.transfer import to_device
+
 __all__ = [
     "UPOLoss",
     "ValueHead",
@@ -153,11 +155,11 @@ def prompt_hidden(model, prompts: list[list[int]], pad_id: int) -> Tensor:
         ids[i, : len(p)], attn[i, : len(p)] = torch.tensor(p), 1
     device = next(model.parameters()).device
     out = model(
-        input_ids=ids.to(device),
-        attention_mask=attn.to(device),
+        input_ids=to_device(ids, device),
+        attention_mask=to_device(attn, device),
         output_hidden_states=True,
         use_cache=False,
         logits_to_keep=1,
     )
-    last = torch.tensor([len(p) - 1 for p in prompts], device=device)
+    last = to_device(torch.tensor([len(p) - 1 for p in prompts]), device)
     return last_prompt_hidden(out.hidden_states[-1], last)
