@@ -47,7 +47,7 @@ from align.model.logprobs import (
     shared_prompt_token_logps,
 )
 from align.model.tokenize import encode_record
-from align.train import checkpoint
+from align.train import checkpoint, finite
 from align.train.bmc import bmc_batch_logps
 from align.train.losses import LossOutput, kwise_loss
 from align.train.precision import MasterWeights, weights_dtype
@@ -294,7 +294,8 @@ class Trainer:
         """Continue from the newest complete checkpoint of this exact configuration, if any;
         log lines after its step are dropped: the log has no gap and no duplicate."""
         found = checkpoint.latest_checkpoint(self.out, self.stage_hash)
-        if found is None:
+        if found is None:  # killed before its first checkpoint: its logged steps re-run
+            checkpoint.trim_log(self.out / "log.jsonl", 0)
             return
         latest, step = found
         if self.acc.distributed_type in SHARDED:
@@ -448,13 +449,14 @@ class Trainer:
         gradients; returns the gradient norm before clipping (None when not clipped, or when
         DeepSpeed clips inside its engine)."""
         grad_norm = None
-        params = self.model.parameters()
+        params = list(self.model.parameters())
         if self.master is not None:
             self.master.grads_to_masters()
             params = self.master.masters
         if self.tc.max_grad_norm is not None:
             norm = self.acc.clip_grad_norm_(params, self.tc.max_grad_norm)
             grad_norm = None if norm is None else float(norm)
+        finite.check_gradients(self.step + 1, grad_norm, params)  # before it reaches a weight
         self.optimizer.step()
         if self.master is not None:
             self.master.masters_to_model()
@@ -492,9 +494,10 @@ class Trainer:
                 **row,
                 "tokens_per_s": row["tokens"] / (time.perf_counter() - t0),
             }
+            finite.check_loss(self.step, row)
             if self.acc.is_main_process:
                 with open(log, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                    f.write(finite.log_line(row))
             bar.update(1)
             bar.set_postfix(self._postfix(row))
             if self.step % self.tc.save_steps == 0 or self.step == self.total_steps:

@@ -1,0 +1,56 @@
+"""Training stops at the first non-finite number, and its log stays valid JSON Lines.
+
+A NaN or infinite loss or gradient poisons every weight it touches; training on would end in
+a model of NaNs reported as a success. The trainer checks each step's gradient norm before the
+optimizer applies it and each step's loss before the step is logged, and stops with one line
+naming the step (no manifest is written). Log rows are written with non-finite values as
+`null`, since bare NaN and Infinity are not JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from align.core.errors import AlignError
+
+FIX = (
+    "lower train.learning_rate, set train.max_grad_norm, check the rewards and the loss's "
+    "parameters; the run stops here and writes no manifest"
+)
+
+
+def _bad(value: float | None) -> bool:
+    return value is not None and not math.isfinite(value)
+
+
+def check_gradients(step: int, grad_norm: float | None, params: Iterable[torch.Tensor]) -> None:
+    """Raise when the step's gradient is not finite: `grad_norm` (the clipped norm) when it was
+    computed, else the norm of `params`' gradients."""
+    if grad_norm is None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        grad_norm = float(torch.nn.utils.get_total_norm(grads))
+    if _bad(grad_norm):
+        raise AlignError(f"train: step {step}: the gradient norm is {grad_norm}; {FIX}")
+
+
+def check_loss(step: int, row: dict[str, Any]) -> None:
+    """Raise when the step's logged loss (UPO: also its total objective) is not finite."""
+    for key in ("loss", "upo/total"):
+        value = row.get(key)
+        if isinstance(value, float) and _bad(value):
+            raise AlignError(f"train: step {step}: {key} is {value}; {FIX}")
+
+
+def log_line(row: dict[str, Any]) -> str:
+    """One JSON Lines row: NaN and infinities become null (they are not JSON)."""
+    clean = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
+    }
+    return json.dumps(clean, allow_nan=False) + "\n"
