@@ -37,6 +37,11 @@ HOSTILE_VALUES = [
     str(2**64 + 1), "9" * 60, "[]", "{}", "[1, [2, [3]]]", "'../../x'", "/tmp/x", ".",
     "'" + "a" * 300 + "'", "!!binary aGk=", "'\\u2028'", "&a 1", "*undefined", "{<<: *a}",
     "!!python/object/apply:os.system ['touch PWNED']", "'0 0 31 2 *'", "[&b x, *b, *b]",
+    "9" * 5000, "[" * 2000 + "]" * 2000, "{a: &a [x, x, x, x], b: &b [*a, *a, *a, *a]}",
+    "{a: &a [x, x, x, x, x, x, x, x, x, x], b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], "
+    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], "
+    "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], "
+    "e: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d]}",
 ]  # fmt: skip
 TEXT_TOKENS = [
     "&a ", "*a", "<<: ", "!!python/name:os.system", "\t", "{", "[", ": ", "- ", "'", '"', "\x00",
@@ -70,7 +75,15 @@ def _delete(doc: dict, path: tuple) -> None:
 
 def _text_mutation(rng: random.Random, text: str) -> str:
     pos = rng.randrange(len(text) + 1)
-    op = rng.randrange(4)
+    op = rng.randrange(5)
+    if op == 4:  # a value replaced by a hostile one
+        lines = text.splitlines(keepends=True)
+        valued = [i for i, ln in enumerate(lines) if ": " in ln and not ln.lstrip().startswith("#")]
+        if valued:
+            i = rng.choice(valued)
+            key = lines[i].split(": ", 1)[0]
+            lines[i] = f"{key}: {rng.choice(HOSTILE_VALUES)}\n"
+            return "".join(lines)
     if op == 0:
         return text[:pos] + rng.choice(TEXT_TOKENS) + text[pos:]
     if op == 1:
@@ -174,6 +187,10 @@ def test_fuzz_validate(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [*before_outside, "results.jsonl"]
 
 
+def _not_json(constant: str) -> None:
+    raise AssertionError(f"{constant} written into a JSON Lines log")
+
+
 def _mutate_data(rng: random.Random, text: str) -> str:
     """JSON Lines with one record made hostile, or the bytes edited."""
     rows = [json.loads(ln) for ln in text.splitlines()]
@@ -223,5 +240,8 @@ def test_fuzz_run_smoke(tmp_path: Path) -> None:
         )
         _assert_clean_outcome(res.returncode, res.stderr, f"run case {i}")
         run_folder = project / "runs" / "corpus-smoke"
+        for log in run_folder.glob("*/log.jsonl"):  # strict JSON: no bare NaN or Infinity
+            for line in log.read_text().splitlines():
+                json.loads(line, parse_constant=_not_json)
         assert _tree(project, skip=run_folder) == before, f"run case {i} touched project files"
         assert _tree(root, skip=project) == outside
