@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from align.core.errors import AlignError
+from align.core.io import json_safe
 
 FIX = (
     "lower train.learning_rate, set train.max_grad_norm, check the rewards and the loss's "
@@ -50,7 +51,4 @@ def check_loss(step: int, row: dict[str, Any]) -> None:
 
 def log_line(row: dict[str, Any]) -> str:
     """One JSON Lines row: NaN and infinities become null (they are not JSON)."""
-    clean = {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
-    }
-    return json.dumps(clean, allow_nan=False) + "\n"
+    return json.dumps(json_safe(row), allow_nan=False) + "\n"
