@@ -19,8 +19,8 @@ from align.pipeline.graph import MANIFEST, MARKER
 RUN_MARKER = ".align-run"  # in <runs_dir>/<name>/: align made this folder
 
 
-def _inside_project(folder: Path, key: str) -> Path:
-    """`folder` resolved; refused when it is the project or lies outside it."""
+def _inside_project(folder: Path, key: str) -> None:
+    """Refuse `folder` when, links resolved, it is the project or lies outside it."""
     project, real = Path.cwd().resolve(), folder.resolve()
     if real == project or not real.is_relative_to(project):
         raise AlignError(
@@ -28,7 +28,6 @@ def _inside_project(folder: Path, key: str) -> Path:
             f"{project} (a symbolic link?); outputs never go outside it: remove the link or set "
             "runs_dir to a folder of the project"
         )
-    return real
 
 
 def _made_by_align(folder: Path) -> bool:
@@ -64,8 +63,8 @@ def claim_run_folder(cfg: PipelineConfig) -> Path:
 
 def reset_stage_folder(folder: Path, stage_hash: str) -> None:
     """Make `folder` the stage's folder for `stage_hash`: output of another configuration is
-    deleted (never resumed from), but only when its marker proves align made it; a folder that
-    holds anything else (left by the user, or behind a symbolic link) is refused."""
+    deleted (never resumed from), but only when its marker or manifest proves align made it; a
+    folder that holds anything else (left by the user, or behind a symbolic link) is refused."""
     marker = folder / MARKER
     if folder.is_symlink():
         raise AlignError(
@@ -75,7 +74,8 @@ def reset_stage_folder(folder: Path, stage_hash: str) -> None:
         if marker.is_file() and marker.read_text() == stage_hash:
             return  # this configuration's partial output: resume from it
         leftovers = [p for p in folder.iterdir() if not p.name.startswith(f".{MARKER}.tmp-")]
-        if leftovers and not marker.is_file():
+        # the manifest proves it too: `dvc pull` restores a train folder without its marker
+        if leftovers and not marker.is_file() and not (folder / MANIFEST).is_file():
             raise AlignError(
                 f"{folder}: this folder exists and was not made by align (no {MARKER} in it); "
                 "align never deletes a folder it did not create: move it away and re-run"
