@@ -140,6 +140,12 @@ def stage_link_outside(project: Path) -> None:
     _link_outside(project, "runs/corpus-smoke/prepare-model")
 
 
+def oversize_pipeline(project: Path) -> None:
+    """The base pipeline padded with comments past 1 MiB."""
+    with open(project / "pipeline.yaml", "a") as f:
+        f.write(("# padding " + "x" * 90 + "\n") * 12_000)
+
+
 SERVERS: list[HostileServer] = []  # live until the test process ends (daemon threads)
 
 
@@ -192,6 +198,7 @@ SETUPS: dict[str, Callable[[Path], None]] = {
         runs_link_outside,
         cache_link_outside,
         stage_link_outside,
+        oversize_pipeline,
     )
 } | {f"judge_{m.replace('-', '_')}": functools.partial(_hostile_judge, m) for m in HOSTILE_MODES}
 
