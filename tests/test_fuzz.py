@@ -26,8 +26,8 @@ import yaml
 from tests.bad_inputs.harness import CORPUS, REPO, align_cmd, cli_env, error_line, make_project
 
 SEED = 23
-N_VALIDATE = 400
-N_RUN = 5
+N_VALIDATE = 1000
+N_RUN = 10
 MEMORY_CAP = 6 << 30  # bytes of address space per process (a YAML bomb would need far more)
 RUN_SECONDS = 240
 DRIVER_FILES = ("cases.jsonl", "results.jsonl")
