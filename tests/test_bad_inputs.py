@@ -9,8 +9,10 @@ setup function below.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,11 +31,13 @@ from tests.bad_inputs.harness import (
     assert_nothing_looks_complete,
     cli_env,
     error_line,
+    files_containing,
     make_judged_project,
     make_project,
     run_align,
     run_stages_here,
 )
+from tests.bad_inputs.hostile import KEY, KEY_ENV, HostileServer, leaked_forms
 
 CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text())
 COMMANDS = {
@@ -112,6 +116,74 @@ def judge_ready(project: Path) -> None:
     run_stages_here(project, [], "prepare-model", "annotate", "train")
 
 
+def _link_outside(project: Path, name: str) -> None:
+    """`project/name` as a symbolic link to a folder beside the project (outside it)."""
+    outside = project.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    link = project / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside, target_is_directory=True)
+
+
+def runs_link_outside(project: Path) -> None:
+    _link_outside(project, "runs")
+
+
+def cache_link_outside(project: Path) -> None:
+    _link_outside(project, "cachelink")
+
+
+def stage_link_outside(project: Path) -> None:
+    """An align run folder whose prepare-model folder is a link out of the project."""
+    (project / "runs" / "corpus-smoke").mkdir(parents=True)
+    (project / "runs" / "corpus-smoke" / ".align-run").write_text("made by align\n")
+    _link_outside(project, "runs/corpus-smoke/prepare-model")
+
+
+def oversize_pipeline(project: Path) -> None:
+    """The base pipeline padded with comments past 1 MiB."""
+    with open(project / "pipeline.yaml", "a") as f:
+        f.write(("# padding " + "x" * 90 + "\n") * 12_000)
+
+
+SERVERS: list[HostileServer] = []  # live until the test process ends (daemon threads)
+
+
+def _hostile_judge(mode: str, project: Path, where: str = "annotate.reward.judge") -> None:
+    """Point the pipeline's judge (kept under --smoke by smoke.set) at a hostile server."""
+    server = HostileServer(mode)
+    SERVERS.append(server)
+    pipeline = yaml.safe_load((project / "pipeline.yaml").read_text())
+    backend = {
+        "kind": "openai",
+        "model": "judge",
+        "base_url": server.url,
+        "api_key_env": KEY_ENV,
+        "max_retries": 0,
+        "timeout_s": 1 if mode == "trickle" else 10,
+        "concurrency": 4,
+    }
+    if where == "annotate.reward.judge":
+        pipeline["annotate"] = {"reward": {"judge": {"backend": backend, "cache_dir": "jcache"}}}
+    pipeline["smoke"] = {"set": {f"{where}.backend": backend}}
+    (project / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+
+
+def judge_ready_hostile(project: Path) -> None:
+    """The judged pipeline with its upstream stages done, its judge an echoing server."""
+    judge_ready(project)
+    _hostile_judge("json-escaped", project, where="judge")
+
+
+HOSTILE_MODES = (
+    "json-escaped",
+    "unicode-escaped",
+    "url-encoded",
+    "base64",
+    "partial",
+    "in-answer",
+    "trickle",
+)
 SETUPS: dict[str, Callable[[Path], None]] = {
     f.__name__: f
     for f in (
@@ -122,18 +194,26 @@ SETUPS: dict[str, Callable[[Path], None]] = {
         foreign_checkpoint,
         damaged_checkpoint,
         judge_ready,
+        judge_ready_hostile,
+        runs_link_outside,
+        cache_link_outside,
+        stage_link_outside,
+        oversize_pipeline,
     )
-}
+} | {f"judge_{m.replace('-', '_')}": functools.partial(_hostile_judge, m) for m in HOSTILE_MODES}
 
 
 # ---- the runner --------------------------------------------------------------------------------
 WORKERS = 3  # CLI runs at once: each spends most of its time importing torch and transformers
 
 
-def _run_case(case: dict, project: Path) -> subprocess.CompletedProcess:
+def _run_case(case: dict, project: Path) -> tuple[subprocess.CompletedProcess, float]:
     cmd = case.get("cmd", "run")
     argv = [*(COMMANDS[cmd] if isinstance(cmd, str) else cmd), *case.get("args", [])]
-    return run_align(project, *argv, env=cli_env(project, case.get("faults")))
+    env = cli_env(project, case.get("faults"), **{KEY_ENV: KEY}, **case.get("env", {}))
+    started = time.monotonic()
+    res = run_align(project, *argv, env=env)
+    return res, time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +251,18 @@ def test_corpus_is_large_and_well_formed() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_bad_input_is_refused_in_one_line(case: dict, outcomes: dict) -> None:
-    project, res = outcomes[case["name"]]
+    project, (res, seconds) = outcomes[case["name"]]
     assert res.returncode == 2, f"exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     line = error_line(res.stderr)
     for expected in case["expect"]:
         assert expected in line, f"{expected!r} not in {line!r}"
-    for secret in case.get("absent", []):
-        assert secret not in res.stdout + res.stderr
+    absent = [*case.get("absent", []), *(leaked_forms() if case.get("key_absent") else [])]
+    for secret in absent:
+        assert secret not in res.stdout + res.stderr, secret
+        assert files_containing(project.parent, secret.encode()) == [], secret
     for name in case.get("created", []):
         assert not (project / name).exists(), f"{name} was created: code from input ran"
-    assert_nothing_looks_complete(project, case.get("fails_at"))
+    for name in case.get("kept", []):
+        assert (project / name).read_text() == "the user's own file\n", f"{name} was changed"
+    assert seconds <= case.get("max_seconds", 300), f"took {seconds:.0f}s"
+    assert_nothing_looks_complete(project, case.get("fails_at"), case.get("kept", []))

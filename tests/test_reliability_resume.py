@@ -122,6 +122,26 @@ def test_train_killed_inside_grad_accumulation_resumes_to_the_same_weights(
     assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in straight], abs=1e-6)
 
 
+def test_train_killed_before_its_first_checkpoint_logs_every_step_once(tmp_path: Path) -> None:
+    """Killed after two logged steps and before any checkpoint: the re-run starts from step 1
+    and its log is valid JSON Lines holding each step once (1, 2, 3, 4, not 1, 2, 1, 2, ...)."""
+    project = make_project(tmp_path / "p")
+    train = [*SMOKE, *("--set", "train.max_steps=4", "--set", "train.save_steps=10")]
+    run_stages_here(project, overrides_of(train), "prepare-model", "annotate")
+    progress = project / "progress.txt"
+    env = cli_env(project, {"slow_step": 0.3, "progress": str(progress)})
+    proc = popen_align(project, "stage", train[0], "train", *train[1:], env=env)
+    wait_for(lambda: progress.exists() and "3" in progress.read_text().split(), proc)
+    kill(proc)
+    out = project / "runs" / "corpus-smoke" / "train"
+    assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2]
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
+    ok(project, "stage", train[0], "train", *train[1:])
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3, 4]
+    assert not any(bare in ln for ln in lines for bare in ("NaN", "Infinity"))
+
+
 # ---- R2: annotation ----------------------------------------------------------------------
 def test_annotate_killed_after_a_shard_resumes_without_rescoring(tmp_path: Path) -> None:
     """12 prompts in shards of 2: the kill comes after the first shard; the re-run scores only

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from align.config.losses import LOSS_MODELS
 from align.config.pipeline import PipelineConfig
-from align.config.reading import parse_yaml, read_yaml, yaml_problem
+from align.config.reading import InputTooLarge, parse_yaml, read_yaml, yaml_problem
 from align.core.errors import AlignError
 
 # Applied by --smoke before the pipeline's own `smoke.set`: the exact stage structure on the
@@ -61,6 +61,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise AlignError(f"--set {text!r}: expected key.path=value, e.g. train.loss.beta=0.1")
     try:
         return key, parse_yaml(value) if value else None
+    except InputTooLarge as exc:
+        raise AlignError(f"--set {key}: {yaml_problem(exc)[1]}") from None
     except yaml.YAMLError as exc:
         problem = yaml_problem(exc)[1].removesuffix("; fix the syntax")
         raise AlignError(
@@ -172,12 +174,18 @@ def _format_error(err: dict) -> str:
     if err["type"] == "literal_error":
         valid = re.findall(r"'([^']*)'", err["ctx"]["expected"])
         hint = difflib.get_close_matches(str(err.get("input")), valid, n=1)
-        msg = f"{err.get('input')!r} is not one of {err['ctx']['expected']}" + (
+        msg = f"{_shown(err.get('input'))} is not one of {err['ctx']['expected']}" + (
             f" (did you mean {hint[0]!r}?)" if hint else ""
         )
     elif err["type"].endswith(("_parsing", "_type")) and _short_scalar(err.get("input")):
         msg = f"{msg}; got {err['input']!r}"
     return f"{where}: {msg}"
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A wrong value as the error echoes it: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]}"
 
 
 def _short_scalar(value: Any) -> bool:

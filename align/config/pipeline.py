@@ -26,6 +26,8 @@ from align.config.stages import (
 )
 from align.config.train import TrainConfig
 
+MAX_NAME = 80  # a folder name, with room for '-smoke' and history suffixes under 255 bytes
+
 
 class PipelineConfig(Strict):
     name: str  # names the run folder runs/<name>/: lowercase letters, digits, '.', '_', '-'
@@ -49,6 +51,11 @@ class PipelineConfig(Strict):
             raise ValueError(
                 f"name: {self.name!r} must start with a lowercase letter or digit and use only "
                 "a-z, 0-9, '.', '_', '-' (it names the folder runs/<name>/)"
+            )
+        if len(self.name) > MAX_NAME:
+            raise ValueError(
+                f"name: {len(self.name)} characters, over {MAX_NAME} (it names the folder "
+                "runs/<name>/); shorten it"
             )
         inside_project(self.runs_dir, "runs_dir")
         if self.judge is not None:

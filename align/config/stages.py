@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import zoneinfo
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from align.config.base import Dtype, Strict
 from align.config.judge import BackendConfig
@@ -63,11 +65,48 @@ class EvaluateConfig(Strict):
     reward: RewardConfig | None = None  # default: annotate.reward
 
 
+CRON_NICKNAMES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
 class ScheduleConfig(Strict):
     """When the Prefect deployment of this pipeline runs on its own (not part of any hash)."""
 
     cron: str  # e.g. "0 2 * * *": nightly re-training at 02:00
     timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        """Parsed by a real cron parser, which also finds the next time it fires."""
+        from cronsim import CronSim, CronSimError
+
+        try:
+            next(CronSim(CRON_NICKNAMES.get(value.strip(), value), datetime(2000, 1, 1)))
+        except (CronSimError, StopIteration) as exc:
+            raise ValueError(
+                f"{value!r} is not a cron expression ({str(exc).rstrip('.') or 'never fires'}); "
+                'use five fields "minute hour day month weekday", e.g. "0 2 * * *"'
+            ) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as 'UTC' or 'Europe/Paris'"
+            ) from None
+        return value
 
 
 class SmokeConfig(Strict):

@@ -9,6 +9,7 @@ A{i}_score, as in the NCA reward dataset), `pairs` (TRL prompt/chosen/rejected -
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -19,39 +20,22 @@ from align.config import DatasetConfig
 from align.config.data import WindowConfig
 from align.core.errors import AlignError
 
-LOCAL_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def _load_rows(ds: DatasetConfig) -> list[dict]:
-    import datasets
+    if ds.path is not None:
+        rows = _local_rows(Path(ds.path), ds.path)
+    else:
+        import datasets
 
-    datasets.disable_progress_bars()
-    try:
-        if ds.path is not None:
-            path = Path(ds.path)
-            if not path.is_file():
-                raise AlignError(f"data path {ds.path!r} does not exist; run `make data` or fix it")
-            loader = LOCAL_LOADERS.get(path.suffix)
-            if loader is None:
-                raise AlignError(
-                    f"data path {ds.path!r}: unsupported suffix; "
-                    f"use one of {', '.join(LOCAL_LOADERS)}"
-                )
-            size = path.stat().st_size
-            if size == 0 or (
-                loader == "json" and size < 64 and path.read_text().strip() in ("", "[]")
-            ):
-                return []  # load_records names the section and file
-            table = datasets.load_dataset(loader, data_files=str(path), split="train")
-        else:
+        datasets.disable_progress_bars()
+        try:
             table = datasets.load_dataset(ds.hf_dataset, split=ds.split, revision=ds.revision)
-    except AlignError:
-        raise
-    except Exception as exc:  # datasets raises many types for unreadable or unreachable data
-        source = ds.path or f"hf_dataset {ds.hf_dataset!r} split {ds.split!r}"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AlignError(f"cannot read {source}: {first}") from None
-    rows = table.to_list()
+            rows = table.to_list()
+        except Exception as exc:  # datasets raises many types for unreachable data
+            source = f"hf_dataset {ds.hf_dataset!r} split {ds.split!r}"
+            raise AlignError(f"cannot read {source}: {_first_line(exc)}") from None
     rows = rows[: ds.limit] if ds.limit else rows
     return window_rows(rows, ds.window) if ds.window else rows
 
@@ -68,6 +52,83 @@ def window_rows(rows: list, window: WindowConfig) -> list:
     return [rows[order[(start + i) % len(rows)]] for i in range(take)]
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _local_rows(path: Path, name: str) -> list[dict]:
+    """The records of a local file, read as written: JSON values keep their types (a reward
+    "7" stays a string, to be refused, not coerced to 7); every record gets every column (None
+    where it has none)."""
+    if not path.is_file():
+        raise AlignError(f"data path {name!r} does not exist; run `make data` or fix it")
+    if path.suffix not in LOCAL_SUFFIXES:
+        raise AlignError(
+            f"data path {name!r}: unsupported suffix; use one of {', '.join(LOCAL_SUFFIXES)}"
+        )
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise AlignError(f"cannot read {name}: {_first_line(exc)}") from None
+    rows = json_rows(path, name)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return [{k: row.get(k) for k in columns} for row in rows]
+
+
+def _check_storable(records: list[dict], what: str, source: str) -> None:
+    """The normalised records fit one Arrow table (the stages' shards are Arrow tables): every
+    column one type, every number storable."""
+    import pyarrow as pa
+
+    try:
+        pa.Table.from_pylist(records)
+    except (pa.ArrowException, OverflowError) as exc:
+        raise AlignError(
+            f"{what}: {source}: a column holds values of different types, or a number too large "
+            f"to store ({_first_line(exc)}); give each column one type in every record"
+        ) from None
+
+
+def json_rows(path: Path, name: str) -> list[dict]:
+    """JSON Lines (one object per line) or a JSON array of objects, strictly UTF-8."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise AlignError(
+            f"cannot read {name}: line {line}: byte 0x{data[exc.start]:02x} is not UTF-8; "
+            "save the file as UTF-8"
+        ) from None
+    if path.suffix == ".jsonl":
+        numbered = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    else:
+        numbered = [(1, text)] if text.strip() else []
+    rows: list = []
+    for number, line in numbered:
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise AlignError(
+                f"cannot read {name}: line {number}: not valid JSON ({_first_line(exc)}); fix "
+                "or drop the line"
+            ) from None
+        rows.extend(value if path.suffix == ".json" and isinstance(value, list) else [value])
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            where = f"line {numbered[i][0]}" if path.suffix == ".jsonl" else f"item {i}"
+            raise AlignError(
+                f"cannot read {name}: {where}: a record must be a JSON object "
+                f'({{"prompt": ...}}), got {type(row).__name__}'
+            )
+    return rows
+
+
 def as_messages(prompt: Any, where: str) -> list[dict]:
     """A string becomes one user message; TRL conversational prompts pass through."""
     if isinstance(prompt, str):
@@ -77,7 +138,12 @@ def as_messages(prompt: Any, where: str) -> list[dict]:
     if (
         isinstance(prompt, list)
         and prompt
-        and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt)
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in prompt
+        )
     ):
         return [{"role": m["role"], "content": m["content"]} for m in prompt]
     raise AlignError(f"{where}: prompt must be a string or a list of {{role, content}} messages")
@@ -203,4 +269,5 @@ def load_records(
         seen.add(rec["id"])
         if system_prompt and rec["prompt"][0]["role"] != "system":
             rec["prompt"] = [{"role": "system", "content": system_prompt}, *rec["prompt"]]
+    _check_storable(records, what, source)
     return records

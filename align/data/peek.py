@@ -13,22 +13,29 @@ import pyarrow.parquet as pq
 
 from align.config import DatasetConfig, PipelineConfig
 from align.core.errors import AlignError
-from align.data.datasets import LOCAL_LOADERS, check_columns, normalise_row
+from align.data.datasets import LOCAL_SUFFIXES, check_columns, json_rows, normalise_row
 
 PEEK_ROWS = 8
 
 
 def _jsonl_rows(path: Path, n: int) -> list[dict]:
     rows: list[dict] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise AlignError(
+                    f"cannot read {path}: line {number}: byte 0x{raw[exc.start]:02x} is not "
+                    "UTF-8; save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise AlignError(
-                    f"cannot read {path}: line {number} is not JSON ({exc.msg})"
+                    f"cannot read {path}: line {number} is not JSON ({str(exc)[:80]})"
                 ) from None
             if not isinstance(row, dict):
                 raise AlignError(f"cannot read {path}: line {number} is not a JSON object")
@@ -56,9 +63,9 @@ def first_rows(ds: DatasetConfig, n: int = PEEK_ROWS) -> tuple[set[str], list[di
     path = Path(ds.path)
     if not path.is_file():
         raise AlignError(f"data path {ds.path!r} does not exist; run `make data` or fix it")
-    if path.suffix not in LOCAL_LOADERS:
+    if path.suffix not in LOCAL_SUFFIXES:
         raise AlignError(
-            f"data path {ds.path!r}: unsupported suffix; use one of {', '.join(LOCAL_LOADERS)}"
+            f"data path {ds.path!r}: unsupported suffix; use one of {', '.join(LOCAL_SUFFIXES)}"
         )
     if path.suffix == ".parquet":
         try:
@@ -67,17 +74,8 @@ def first_rows(ds: DatasetConfig, n: int = PEEK_ROWS) -> tuple[set[str], list[di
             raise AlignError(f"cannot read {path}: {exc}") from None
         batch = next(handle.iter_batches(batch_size=n), None)
         return set(handle.schema_arrow.names), batch.to_pylist() if batch is not None else []
-    if path.suffix == ".jsonl":
-        rows = _jsonl_rows(path, n)
-    else:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8") or "[]")
-        except json.JSONDecodeError as exc:
-            raise AlignError(
-                f"cannot read {path}: not JSON ({exc.msg}, line {exc.lineno})"
-            ) from None
-        rows = data if isinstance(data, list) else []
-        rows = [r for r in rows[:n] if isinstance(r, dict)]
+    # JSON Lines: only the first n lines; a JSON array is one document, read whole
+    rows = _jsonl_rows(path, n) if path.suffix == ".jsonl" else json_rows(path, str(path))[:n]
     return {k for r in rows for k in r}, rows
 
 

@@ -8,6 +8,7 @@ each result arrives, which lets the cache keep what was paid for even if the run
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -84,7 +85,9 @@ class ChatResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "text": self.text,
-            "top_logprobs": self.top_logprobs,
+            # a token of log-prob -inf has probability 0, as one left out; JSON has no -inf
+            "top_logprobs": self.top_logprobs
+            and {t: lp for t, lp in self.top_logprobs.items() if math.isfinite(lp)},
             "rating_probs": self.rating_probs,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,

@@ -1,13 +1,16 @@
 """OpenAI-compatible chat-completions client (OpenAI, vLLM, Ollama, llama.cpp server, ...).
 
-Each request gets up to 1 + max_retries attempts, each with its own `timeout_s`.
+Each request gets up to 1 + max_retries attempts, each with its own `timeout_s`: a deadline for
+the whole attempt (connect, send, every byte of the answer), not per read, so a server that
+trickles a byte at a time cannot hold a request open.
 - Retried: HTTP 408/409/425/429 and 5xx, timeouts, connection errors (refused, reset, closed
   mid-body), and 2xx bodies that are not JSON or have no `choices[0].message`.
 - Wait before retry k (0-based): the server's Retry-After (or retry-after-ms) when sent, else
   full jitter U(0, min(backoff_max_s, backoff_base_s * 2^k)). Other 4xx fail at once.
 - At most `concurrency` requests in flight; attempt starts paced to `requests_per_minute`.
 The API key is read from the environment variable named in the config, sent only in the
-Authorization header, and scrubbed from every error text this module builds.
+Authorization header, and scrubbed (align/llm/redact.py, in every encoding a server may echo it)
+from every error text and every answer this module returns.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from align.config.judge import BackendConfig
 from align.core.errors import AlignError
 from align.llm.backend import ChatRequest, ChatResult, OnResult, judge_fingerprint
 from align.llm.parsing import rating_token_probs
+from align.llm.redact import Redactor
 
 log = logging.getLogger("align.judging.http")
 RETRY_STATUS = frozenset({408, 409, 425, 429})
@@ -167,6 +171,7 @@ class OpenAIBackend:
         assert cfg.base_url is not None  # the config validator guarantees it
         self.cfg = cfg
         self._key = read_api_key(cfg.api_key_env)
+        self._redactor = Redactor(self._key.reveal()) if self._key is not None else None
         self._url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.judge_id = judge_fingerprint(cfg)
         self._rng = random.Random()
@@ -178,9 +183,7 @@ class OpenAIBackend:
         return dict(self._stats)
 
     def redact(self, text: str) -> str:
-        if self._key is not None:
-            text = text.replace(self._key.reveal(), "***")
-        return text
+        return self._redactor(text) if self._redactor is not None else text
 
     def complete(
         self, requests: list[ChatRequest], on_result: OnResult | None = None
@@ -232,8 +235,10 @@ class OpenAIBackend:
                 await pacer.wait()
                 self._stats["requests"] += 1
                 try:
-                    result = self._parse(await client.post(self._url, json=body), req)
-                except httpx.TimeoutException:
+                    async with asyncio.timeout(self.cfg.timeout_s):  # the whole attempt
+                        response = await client.post(self._url, json=body)
+                    result = self._parse(response, req)
+                except (httpx.TimeoutException, TimeoutError):
                     reason = f"timeout after {self.cfg.timeout_s:g}s"
                 except httpx.TransportError as exc:
                     reason = f"connection error ({type(exc).__name__})"
@@ -278,7 +283,7 @@ class OpenAIBackend:
                 raise TypeError("content is not text")
             usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
             return ChatResult(
-                text=content or "",
+                text=self.redact(content or ""),
                 top_logprobs=_first_token_logprobs(choice),
                 rating_probs=_rating_probs(choice) if request.rating_probs else None,
                 input_tokens=int(usage.get("prompt_tokens") or 0),

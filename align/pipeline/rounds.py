@@ -29,6 +29,7 @@ from align.config import PipelineConfig, load_pipeline
 from align.config.rounds import GATE_METRICS
 from align.core.errors import AlignError
 from align.core.io import atomic_dir, link_or_copy, read_json, sha256_tree
+from align.pipeline.folders import claim_run_folder
 from align.pipeline.graph import plan, stage_folder
 
 ROUNDS_DIR = "rounds"
@@ -71,6 +72,7 @@ def read_events(cfg: PipelineConfig) -> list[dict]:
 
 
 def _append(cfg: PipelineConfig, event: dict) -> None:
+    claim_run_folder(cfg)  # the rounds live in the run folder: align's own, or refused
     path = rounds_folder(cfg) / EVENTS
     path.parent.mkdir(parents=True, exist_ok=True)
     event = {**event, "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}

@@ -9,7 +9,6 @@ instead of writing into the same folder at the same time.
 from __future__ import annotations
 
 import difflib
-import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from align.core.io import (
     read_json,
 )
 from align.pipeline.code import stage_code_version
+from align.pipeline.folders import claim_run_folder, reset_stage_folder
 from align.pipeline.graph import (
     MANIFEST,
     MARKER,
@@ -54,6 +54,7 @@ def run_stage(
             + (f" (did you mean {hint[0]!r}?)" if hint else "")
             + f"; valid: {', '.join(active)}"
         )
+    claim_run_folder(cfg)  # before the lock file goes in: the folder must be align's own
     try:
         with exclusive_lock(stage_lock_path(cfg, name), f"stage {name!r} of pipeline {cfg.name}"):
             return _run_unlocked(cfg, name, force, threads)
@@ -90,12 +91,9 @@ def _run_unlocked(
             f"stage {name!r} needs {', '.join(stale)} to be current first; "
             f"run `align run` or `align stage` on {stale[0]!r}"
         )
-    marker = p.folder / MARKER
-    if p.folder.exists() and (not marker.is_file() or marker.read_text() != p.stage_hash):
-        shutil.rmtree(p.folder)  # output of another configuration: never resume from it
-    p.folder.mkdir(parents=True, exist_ok=True)
+    reset_stage_folder(p.folder, p.stage_hash)  # only a folder align made is ever deleted
     (p.folder / MANIFEST).unlink(missing_ok=True)
-    atomic_write_text(marker, p.stage_hash)
+    atomic_write_text(p.folder / MARKER, p.stage_hash)
     upstream = {
         u: read_json(plans[u].folder / MANIFEST) for u in STAGES[name].upstream if u in plans
     }

@@ -25,6 +25,7 @@ from align.config import PipelineConfig, load_pipeline
 from align.config.load import parse_override
 from align.core.errors import AlignError
 from align.core.io import atomic_write_json
+from align.pipeline.folders import claim_run_folder
 from align.pipeline.graph import MARKER, active_stages, plan
 from align.pipeline.run import run_stage
 
@@ -112,8 +113,7 @@ def shared_stages(base: PipelineConfig, cfg: PipelineConfig) -> list[str]:
 def link_stage(base: PipelineConfig, cfg: PipelineConfig, stage: str) -> None:
     """runs/<name>/sweep/<cell>/<stage> -> runs/<name>/<stage> (relative, so the run folder can
     move); replaces a folder the project made there (it has the stage marker)."""
-    link = Path(cfg.runs_dir) / cfg.name / stage
-    link.parent.mkdir(parents=True, exist_ok=True)
+    link = claim_run_folder(cfg) / stage
     if link.is_symlink():
         link.unlink()
     elif link.is_dir():

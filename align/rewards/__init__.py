@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from align.config import RewardConfig
 from align.core.errors import AlignError
 from align.core.io import sha256_file
+from align.core.usercode import first_line, user_code
 
 RewardFn = Callable[..., list[float]]
 
@@ -27,22 +30,32 @@ def _import(module_name: str):
     if os.getcwd() not in sys.path:  # `align` is a console script: its sys.path[0] is .venv/bin
         sys.path.append(os.getcwd())
     try:
-        return importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AlignError(
-            f"reward.function: cannot import {module_name!r} ({exc}); check the module name "
-            "and that it is importable from the project folder"
-        ) from None
-    except Exception as exc:  # the module itself is broken: name it, do not show a traceback
-        raise AlignError(
-            f"reward.function: importing {module_name!r} raised {type(exc).__name__}: "
-            f"{_first_line(exc)}; fix the module"
-        ) from None
+        with user_code(f"reward.function: importing {module_name!r}", "fix the module"):
+            return importlib.import_module(module_name)
+    except AlignError as exc:
+        cause = exc.__context__
+        missing = getattr(cause, "name", None) if isinstance(cause, ImportError) else None
+        if missing and (module_name == missing or module_name.startswith(f"{missing}.")):
+            raise AlignError(
+                f"reward.function: cannot import {module_name!r} ({cause}); check the module "
+                "name and that it is importable from the project folder"
+            ) from None
+        raise
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def numbers_returned(value: Any, where: str, what: str) -> list:
+    """What a user's function returned as a plain list: a list or tuple, or a 1-D numpy array or
+    torch tensor; anything else (a dict, whose keys would pass for scores, a string, a set, a
+    generator, a scalar) is refused."""
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
+        if getattr(value, "ndim", None) == 1:
+            return value.tolist()
+    elif isinstance(value, list | tuple):
+        return list(value)
+    raise AlignError(
+        f"{where}: returned a {type(value).__name__}; it must return a list of {what}, one per "
+        "item, in order"
+    )
 
 
 def checked_numbers(
@@ -58,9 +71,14 @@ def checked_numbers(
     if len(values) != len(labels):
         raise AlignError(count_error)
     for label, value in zip(labels, values, strict=True):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not valid(value):
+        real = isinstance(value, numbers.Real) and not _is_bool(value)
+        if not real or not valid(value):
             raise AlignError(f"{where}: {label} got {value!r}; {rule}")
     return [float(v) for v in values]
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
 
 
 def load_function(spec: str) -> RewardFn:
@@ -153,20 +171,23 @@ class Scorer:
         where = f"{self.field}: {name}" if name else f"{self.field}.judge"
         if self.cfg.judge and self.cfg.judge.backend.base_url:
             where += f" ({self.cfg.judge.backend.base_url})"
-        try:
-            if self.fn is not None:
-                scores = list(self.fn(prompts, completions, **columns))
-            elif self.judge is not None:
-                scores = self.judge.rewards(prompts, completions)
-            else:
-                scores = self.rm(prompts, completions, self.cfg.batch_size)
-        except AlignError as exc:
-            raise AlignError(f"{where}: {exc}") from None
-        except Exception as exc:  # user code: one line naming it, not a traceback
-            raise AlignError(
-                f"{where} raised {type(exc).__name__}: {_first_line(exc)}; fix the reward "
-                f"function (it got {len(completions)} completions)"
-            ) from None
+        fix = f"fix the reward function (it got {len(completions)} completions)"
+        if self.fn is not None:
+            with user_code(where, fix):
+                scores = self.fn(prompts, completions, **columns)
+            scores = numbers_returned(scores, where, "floats")
+        else:
+            try:
+                if self.judge is not None:
+                    scores = self.judge.rewards(prompts, completions)
+                else:
+                    scores = self.rm(prompts, completions, self.cfg.batch_size)
+            except AlignError as exc:
+                raise AlignError(f"{where}: {exc}") from None
+            except Exception as exc:  # a judge or model failure: one line, not a traceback
+                raise AlignError(
+                    f"{where} raised {type(exc).__name__}: {first_line(exc)}"
+                ) from None
         return checked_numbers(
             scores,
             labels or [f"completion {i}" for i in range(len(completions))],

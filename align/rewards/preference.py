@@ -16,8 +16,14 @@ from __future__ import annotations
 import torch
 
 from align.config import PreferenceConfig, RewardConfig
-from align.core.errors import AlignError
-from align.rewards import Scorer, checked_numbers, load_function, reward_fingerprint
+from align.core.usercode import user_code
+from align.rewards import (
+    Scorer,
+    checked_numbers,
+    load_function,
+    numbers_returned,
+    reward_fingerprint,
+)
 
 
 def preference_fingerprint(cfg: PreferenceConfig) -> str:
@@ -68,12 +74,9 @@ class Preference:
         self, prompts: list, a: list[str], b: list[str], columns: dict[str, list]
     ) -> list[float]:
         where = f"{self.FIELD}.function: {self.cfg.function}"
-        try:
-            probs = list(self.fn(prompts, a, b, **columns))
-        except Exception as exc:  # user code: one line naming it, not a traceback
-            raise AlignError(
-                f"{where} raised {type(exc).__name__}: {str(exc).strip()[:160]}; fix the function"
-            ) from None
+        with user_code(where, "fix the function"):
+            probs = self.fn(prompts, a, b, **columns)
+        probs = numbers_returned(probs, where, "probabilities")
         return checked_numbers(
             probs,
             [f"pair {i}" for i in range(len(a))],

@@ -52,7 +52,7 @@ from align.model.logprobs import (
     shared_prompt_token_logps,
 )
 from align.model.tokenize import encode_record
-from align.train import checkpoint, trackers
+from align.train import checkpoint, finite, trackers
 from align.train.bmc import bmc_batch_logps
 from align.train.losses import counting_rows, kwise_loss
 from align.train.precision import MasterWeights, weights_dtype
@@ -333,7 +333,8 @@ class Trainer:
         """Continue from the newest complete checkpoint of this exact configuration, if any;
         log lines after its step are dropped: the log has no gap and no duplicate."""
         found = checkpoint.latest_checkpoint(self.out, self.stage_hash)
-        if found is None:
+        if found is None:  # killed before its first checkpoint: its logged steps re-run
+            checkpoint.trim_log(self.out / "log.jsonl", 0)
             return
         latest, step = found
         if self.acc.distributed_type == DistributedType.FSDP:
@@ -509,15 +510,19 @@ class Trainer:
 
     def _optimizer_step(self) -> torch.Tensor | float | None:
         """Clip (`train.max_grad_norm`), step the optimizer and the schedule, clear the
-        gradients; returns the gradient norm before clipping, left on the device (None when not
-        clipped, or when DeepSpeed clips inside its engine)."""
+        gradients; returns the gradient norm before clipping (measured without clipping when
+        `max_grad_norm` is unset), left on the device; None when DeepSpeed clips inside its
+        engine."""
         grad_norm = None
-        params = self.model.parameters()
+        params = list(self.model.parameters())
         if self.master is not None:
             self.master.grads_to_masters()
             params = self.master.masters
         if self.tc.max_grad_norm is not None:
             grad_norm = self.acc.clip_grad_norm_(params, self.tc.max_grad_norm)
+        else:  # not clipped, still measured (on the device): a NaN gradient must be caught
+            grads = [p.grad for p in params if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
         self.optimizer.step()
         if self.master is not None:
             self.master.masters_to_model()
@@ -552,9 +557,12 @@ class Trainer:
                 **row,
                 "tokens_per_s": row["tokens"] / (time.perf_counter() - t0),
             }
+            # read back with the step's figures (one host read), before it is logged or saved
+            finite.check_gradients(self.step, row.get("grad_norm"))
+            finite.check_loss(self.step, row)
             if self.acc.is_main_process:
                 with open(log, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                    f.write(finite.log_line(row))
             trackers.log(self.acc, self.cfg, row, self.step)
             bar.update(1)
             bar.set_postfix(self._postfix(row))

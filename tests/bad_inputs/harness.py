@@ -91,16 +91,20 @@ def manifests(project: Path) -> dict[str, Path]:
     return {p.parent.name: p for p in (project / "runs").glob("*/*/manifest.json")}
 
 
-def assert_nothing_looks_complete(project: Path, fails_at: str | None) -> None:
+def assert_nothing_looks_complete(
+    project: Path, fails_at: str | None, kept: list[str] | tuple = ()
+) -> None:
     """No manifest for the failing stage or a later one (none at all when `fails_at` is None),
-    no temp files left, and every shard and JSON file that carries a final name is whole."""
+    no temp files left, and every shard and JSON file that carries a final name is whole.
+    `kept`: the user's own files under runs/ (left as they were, not align's output)."""
     done = manifests(project)
     later = STAGE_ORDER[STAGE_ORDER.index(fails_at) :] if fails_at else STAGE_ORDER
     assert not set(done) & set(later), sorted(done)
     runs = project / "runs"
-    files = [p for p in runs.rglob("*") if p.is_file()] if runs.exists() else []
+    users = {project / k for k in kept}
+    files = [p for p in runs.rglob("*") if p.is_file() and p not in users] if runs.exists() else []
     if fails_at is None:
-        assert all(p.name.endswith(".lock") for p in files), files
+        assert all(p.name.endswith((".lock", ".align-run")) for p in files), files
     for path in files:
         assert ".tmp-" not in str(path.relative_to(project)), path
         assert ".old-" not in str(path.relative_to(project)), path
