@@ -101,7 +101,8 @@ def _run_unlocked(
     }
     # torch, transformers and the trainers take ~3 s to import: `align plan`, `align validate`
     # and cached stages never pay for that
-    from align.core.runtime import prepare_process, release_memory
+    from align.core.device import free_accelerator
+    from align.core.runtime import prepare_process
     from align.stages import RUNNERS
 
     prepare_process(threads)  # torch threads, a heap that keeps freed blocks (core/runtime.py)
@@ -109,7 +110,7 @@ def _run_unlocked(
     try:
         summary, requires = RUNNERS[name](cfg, p.folder, upstream, p.stage_hash)
     finally:
-        release_memory()
+        free_accelerator()  # the next stage, or vLLM, gets the memory (align/core/device.py)
     manifest = {
         "stage": name,
         "pipeline": cfg.name,

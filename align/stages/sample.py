@@ -18,7 +18,7 @@ from align.model.loading import (
     load_model,
     load_tokenizer,
 )
-from align.stages.common import check_prompts
+from align.stages.common import check_prompts, stage_device
 
 
 def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
@@ -28,12 +28,13 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
     tokenizer = load_tokenizer(path)
     check_prompts(cfg, tokenizer, records)  # before generating: annotate would refuse them
     dtype = sc.dtype or cfg.model.dtype
-    if sc.backend == "vllm":
+    device = stage_device(cfg)
+    if sc.backend == "vllm":  # vLLM places itself on the GPU (validate refuses device cpu)
         from align.generate.vllm_engine import VLLMSampler
 
         sample = VLLMSampler(path, dtype, sc.seed).generate
     else:
-        sample = partial(generate, load_model(path, dtype))
+        sample = partial(generate, load_model(path, dtype, device=device))
     shards = chunks(records, sc.shard_size)
     started, new_tokens = time.perf_counter(), 0
     bar = tqdm(total=len(records), desc="sample", unit="prompt")
@@ -68,4 +69,5 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
         "shards": len(shards),
         "new_tokens": new_tokens,
         "tokens_per_s": round(new_tokens / seconds, 1) if new_tokens else None,
+        "device": f"{device} (vllm)" if sc.backend == "vllm" else str(device),
     }, []

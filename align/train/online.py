@@ -37,6 +37,7 @@ from align.model.logprobs import shared_prompt_logps
 from align.model.tokenize import check_prompt_lengths, encode_prompt
 from align.rewards.preference import Preference
 from align.train.losses import online_loss
+from align.train.placement import load_device
 from align.train.trainer import Trainer, trainable_policy
 
 ONLINE_LOG_KEYS = (
@@ -83,14 +84,13 @@ class OnlineTrainer(Trainer):
         ]
         # prompt indices: the inherited `_micro_batches` then yields index lists
         self.examples = list(range(len(records)))
-        self.ref = load_model(ref_path, self.weights_dtype).requires_grad_(False)
-        self._optimize(
-            trainable_policy(load_model(policy_path, self.weights_dtype, self.tc.attention), cfg),
-            [],
-        )
+        device = load_device(self.acc)
+        self.ref = load_model(ref_path, self.weights_dtype, device=device).requires_grad_(False)
+        policy = load_model(policy_path, self.weights_dtype, self.tc.attention, device=device)
+        self._optimize(trainable_policy(policy, cfg), [])
         self.ref.to(self.acc.device)
         self.loss = cfg.train.loss
-        self.preference = Preference(cfg.train.preference)
+        self.preference = Preference(cfg.train.preference, device=self.acc.device)
         self.ref_texts: dict[int, str] = {}
 
     # ---- sampling -----------------------------------------------------------------------

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
@@ -50,6 +49,7 @@ from align.model.tokenize import encode_record
 from align.train import checkpoint
 from align.train.bmc import bmc_batch_logps
 from align.train.losses import LossOutput, kwise_loss
+from align.train.placement import load_device, make_accelerator
 from align.train.precision import MasterWeights, weights_dtype
 from align.train.upo import ValueHead, prompt_hidden, upo_loss
 
@@ -205,7 +205,12 @@ class Trainer:
         self._start(cfg, out, stage_hash)
         self.tokenizer = load_tokenizer(model_path)
         self.examples = build_examples(records, self.tokenizer, cfg)
-        model = trainable_policy(load_model(model_path, self.weights_dtype, self.tc.attention), cfg)
+        model = trainable_policy(
+            load_model(
+                model_path, self.weights_dtype, self.tc.attention, device=load_device(self.acc)
+            ),
+            cfg,
+        )
         self.loss = cfg.train.loss
         value_groups: list[dict] = []
         if isinstance(self.loss, UPOParams):
@@ -224,15 +229,12 @@ class Trainer:
         )
 
     def _start(self, cfg: PipelineConfig, out: Path, stage_hash: str) -> None:
-        """The run's settings, its `Accelerator` (bf16 autocast when `train.precision` says so)
-        and step 0."""
+        """The run's settings, its `Accelerator` (bf16 autocast when `train.precision` says so,
+        on `model.device`: align/train/placement.py) and step 0."""
         self.cfg, self.tc, self.out, self.stage_hash = cfg, cfg.train, out, stage_hash
         self.weights_dtype = weights_dtype(self.tc.precision, cfg.model.dtype)
         self.master: MasterWeights | None = None  # bf16_weights only: the optimizer's fp32 copy
-        self.acc = Accelerator(
-            mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
-            cpu=not torch.cuda.is_available(),
-        )
+        self.acc = make_accelerator(cfg)
         self.value_head: ValueHead | None = None  # UPO only; saved with every checkpoint
         self.step = 0
 
