@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from align.model.loading import BUILT_IN, EMBEDDED, SAFE, cache_root, resolve_model
+from align.model.loading import BUILT_IN, SAFE, cache_root
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,10 @@ class ModelShape:
 
 
 def model_config(source: str) -> PretrainedConfig | None:
-    """The transformers config of a model source, never downloading: a local folder, a model
-    prepare-model already built into the cache, the tiny built-ins (built now, as prepare-model
-    would), or a hub id's config.json in the HF cache. None where none is here (a hub model
-    never fetched; the embedded model before prepare-model, since reading its GGUF takes
-    seconds)."""
+    """The transformers config of a model source, never downloading or building anything: a
+    local folder, a model prepare-model already built into the cache, or a hub id's config.json
+    in the HF cache. None where none is here (a hub model never fetched, a built-in model before
+    prepare-model)."""
     name = source if source in BUILT_IN else "hub--" + source.replace("/", "--")
     prepared = cache_root() / "models" / name
     try:
@@ -41,10 +40,8 @@ def model_config(source: str) -> PretrainedConfig | None:
             return AutoConfig.from_pretrained(source, **SAFE)
         if (prepared / "config.json").is_file():
             return AutoConfig.from_pretrained(prepared, **SAFE)
-        if source == EMBEDDED:
-            return None
         if source in BUILT_IN:
-            return AutoConfig.from_pretrained(resolve_model(source), **SAFE)
+            return None
         return AutoConfig.from_pretrained(source, local_files_only=True, **SAFE)
     except (OSError, ValueError):
         return None

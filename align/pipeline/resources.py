@@ -87,12 +87,8 @@ def train_figures(cfg: PipelineConfig) -> list[str]:
 
     tc = cfg.train
     dist = tc.distributed
-    procs = (
-        f"{tc.processes} processes ({dist.num_processes} x {dist.machines} machine(s))"
-        if dist
-        else "1 process"
-    )
-    stated = "" if tc.global_batch is None else " (train.global_batch)"
+    procs = f"{tc.processes} processes" if dist else "1 process"
+    stated = "" if tc.global_batch is None else " (as stated)"
     lines = [
         f"global batch {tc.effective_global_batch}{stated} = batch_size {tc.batch_size} x "
         f"grad_accum {tc.grad_accum} x {procs}"
@@ -103,16 +99,11 @@ def train_figures(cfg: PipelineConfig) -> list[str]:
     tokens, _ = micro_batch_tokens(cfg, k)
     step_tokens = tokens * tc.grad_accum * tc.processes
     rows = "each prompt once" if tc.share_prompt and not tc.gradient_checkpointing else "K rows"
-    lines.append(
-        f"tokens per optimizer step <= {step_tokens:,} (K={k}{k_note}; at the length limits, "
-        f"{rows})"
-    )
+    lines.append(f"tokens per optimizer step <= {step_tokens:,} (K={k}{k_note}, {rows}, at most)")
     config = model_config(cfg.model.policy)
     if config is None:
-        lines.append(
-            f"memory per GPU: unknown, no config.json of {cfg.model.policy} here; run "
-            "prepare-model or `hf download MODEL config.json`"
-        )
+        lines.append(f"memory per GPU: no config.json of {cfg.model.policy} here")
+        lines.append("  (run prepare-model, or `hf download MODEL config.json`)")
         return lines
     lora = cfg.model.lora
     shape = model_shape(config, lora.r if lora else 0, lora.target_modules if lora else "")
@@ -120,8 +111,8 @@ def train_figures(cfg: PipelineConfig) -> list[str]:
     estimate = estimate_train_memory(shape, cfg, k, tc.processes, sharded)
     how = "sharded" if sharded else "replicated" if dist else "one process"
     size = f"{shape.params / 1e9:.2f}B" if shape.params >= 1e9 else f"{shape.params / 1e6:.1f}M"
-    lines.append(
-        f"memory per GPU ~ {estimate.describe()}",
-    )
-    lines.append(f"  ({size} params, {'LoRA' if lora else 'full'}, {how}; formula: docs/gpu.md)")
+    total, terms = estimate.describe()
+    kind = "LoRA" if lora else "full"
+    lines.append(f"memory per GPU ~ {total} ({size} params, {kind}, {how}; docs/gpu.md)")
+    lines.append(f"  = {terms}")
     return lines

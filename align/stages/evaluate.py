@@ -59,9 +59,11 @@ def pairwise_wins(a: list[float], b: list[float]) -> list[float]:
     return [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True)]
 
 
-def evaluate(cfg: PipelineConfig, initial: Path, trained: Path, out: Path) -> dict:
+def evaluate(
+    cfg: PipelineConfig, initial: Path, trained: Path, out: Path, device: torch.device
+) -> dict:
+    """Both policies answer the held-out prompts on `device`; the reward scores the answers."""
     records = load_records(cfg.data.eval, cfg.data.system_prompt, "data.eval")[: cfg.evaluate.limit]
-    device = stage_device(cfg)
     scorer = Scorer(cfg.eval_reward, device=device)
     prompts, columns = [r["prompt"] for r in records], reward_columns(records)
     scores, aux = {}, {}
@@ -112,5 +114,5 @@ def evaluate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
     """The `evaluate` stage: the initial and the trained policy answer the held-out prompts."""
     initial = Path(upstream["prepare-model"]["summary"]["policy"]["path"])
     trained = Path(cfg.runs_dir) / cfg.name / "train" / "model"
-    metrics = evaluate(cfg, initial, trained, out)
-    return {**metrics, "device": str(stage_device(cfg))}, []
+    device = stage_device(cfg)
+    return {**evaluate(cfg, initial, trained, out, device), "device": str(device)}, []

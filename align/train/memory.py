@@ -45,9 +45,9 @@ class MemoryEstimate:
     def total(self) -> float:
         return self.weights + self.gradients + self.optimizer + self.activations
 
-    def describe(self) -> str:
-        """'19.4 GiB = weights 13.5 + gradients 0.3 + optimizer 0.5 + activations 5.1' (MiB
-        below 1 GiB)."""
+    def describe(self) -> tuple[str, str]:
+        """('19.4 GiB', 'weights 13.5 + gradients 0.3 + optimizer 0.5 + activations 5.1 GiB'),
+        in MiB below 1 GiB."""
         unit, size = ("GiB", GIB) if self.total >= GIB else ("MiB", 1 << 20)
         parts = [
             ("weights", self.weights),
@@ -55,9 +55,8 @@ class MemoryEstimate:
             ("optimizer", self.optimizer),
             ("activations", self.activations),
         ]
-        return f"{self.total / size:.1f} {unit} = " + " + ".join(
-            f"{name} {value / size:.1f}" for name, value in parts
-        )
+        terms = " + ".join(f"{name} {value / size:.1f}" for name, value in parts)
+        return f"{self.total / size:.1f} {unit}", f"{terms} {unit}"
 
 
 def micro_batch_tokens(cfg: PipelineConfig, k: int) -> tuple[int, int]:
