@@ -14,7 +14,6 @@ from align.core.errors import AlignError
 from align.core.io import atomic_write_text, read_json
 from align.data.datasets import load_records
 from align.data.records import read_shards
-from align.train.launch import ERROR
 
 
 def train_stage(
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = validate_dict(job["config"], job_file)
         train_offline(cfg, Path(job["policy"]), out, job["stage_hash"])
     except AlignError as exc:
-        atomic_write_text(out / ERROR, str(exc))
+        atomic_write_text(Path(job["error"]), str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
