@@ -50,6 +50,8 @@ def stage_placement(cfg: PipelineConfig) -> dict[str, str]:
             extra = f"; reward model on {device}"
         elif reward.judge:
             extra = f"; judge {_backend(reward.judge.backend, device)}"
+        if any(spec.model for spec in tc.aux_rewards):
+            extra += f"; aux classifier on {device}"
         out["annotate"] = f"{device} (reference log-probs){extra}"
     if cfg.rewrite is not None:
         out["rewrite"] = f"{device}; rewriter {_backend(cfg.rewrite.backend, device)}"
