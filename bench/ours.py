@@ -29,7 +29,7 @@ def encode_like_trl(tokenizer, row: dict) -> tuple[list[int], list[list[int]]]:
 def reference_logps(
     path: Path, groups: list[tuple[list[int], list[list[int]]]]
 ) -> list[list[float]]:
-    model, tok = load_model(path), load_tokenizer(path)
+    model, tok = load_model(path, device="cpu"), load_tokenizer(path)
     out = []
     for group in groups:
         s, _ = shared_prompt_logps(model, [group], tok.pad_token_id)

@@ -243,7 +243,7 @@ def _peaks() -> dict[str, float]:
 def _n_params(path: Path) -> int:
     from align.model.loading import load_model
 
-    return sum(p.numel() for p in load_model(path).parameters())
+    return sum(p.numel() for p in load_model(path, device="cpu").parameters())
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def main() -> int:
         f"{args.max_new_tokens} new tokens, {args.dtype}"
     )
     path = model_path(args.model)
-    model, tok = load_model(path, args.dtype), load_tokenizer(path)
+    model, tok = load_model(path, args.dtype, device="cpu"), load_tokenizer(path)
     prompts = [p["prompt"] for p in problems("heldout")[: args.prompts]]
     kw = {"max_new_tokens": args.max_new_tokens, "temperature": 0.7}
 

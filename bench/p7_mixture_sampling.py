@@ -39,7 +39,10 @@ def main() -> int:
     path = model_path(args.model)
     tok = load_tokenizer(path)
     # two distinct models, as in training: the reference and a perturbed "policy"
-    ref, policy = load_model(path, args.dtype), load_model(path, args.dtype)
+    ref, policy = (
+        load_model(path, args.dtype, device="cpu"),
+        load_model(path, args.dtype, device="cpu"),
+    )
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(0.01 * torch.randn_like(p) * p.abs().mean())

@@ -154,7 +154,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
             _short_outputs(st["outputs"], run_folder),
         )
     console.print(table)
+    print_resources(cfg)
     return 0
+
+
+def print_resources(cfg) -> None:
+    """`align plan`'s lines under the table: each stage's device, the train stage's figures."""
+    from align.pipeline.resources import stage_placement, train_figures
+
+    print(f"placement (model.device: {cfg.model.device}):")
+    for stage, where in stage_placement(cfg).items():
+        print(f"  {stage}: {where}")
+    print("train:")
+    for line in train_figures(cfg):
+        print(f"  {line}")
 
 
 def cmd_stage(args: argparse.Namespace) -> int:

@@ -84,7 +84,7 @@ def test_model_log_probs_and_gradients_equal_sdpa() -> None:
     results = {}
     for attention in ("sdpa", "matmul"):
         torch.manual_seed(0)
-        model = load_model(resolve_model("tiny"), attention=attention).train()
+        model = load_model(resolve_model("tiny"), attention=attention, device="cpu").train()
         logps, _ = shared_prompt_token_logps(model, groups, pad_id=0)
         logps.sum().backward()
         grads = [p.grad for p in model.model.layers[0].self_attn.parameters()]
@@ -104,7 +104,7 @@ def test_decoding_on_a_kv_cache_matches_sdpa() -> None:
     ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], pad_id=0)
     scores = {}
     for attention in ("sdpa", "matmul"):
-        model = load_model(resolve_model("tiny"), attention=attention)
+        model = load_model(resolve_model("tiny"), attention=attention, device="cpu")
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,

@@ -249,7 +249,7 @@ def test_preferences_average_both_orders() -> None:
 def test_reward_judge_failure_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     replies = {"good": "[[7]]", "bad": "??"}
     fake = ScriptedBackend(lambda r: replies["bad" if "bad" in user_text(r) else "good"])
-    monkeypatch.setattr("align.llm.open.make_backend", lambda cfg: fake)
+    monkeypatch.setattr("align.llm.open.make_backend", lambda cfg, device: fake)
     base = {"backend": {"kind": "local", "model": "tiny"}}
     strict = RewardJudge(JudgeRewardConfig.model_validate(base), tmp_path / "c1")
     with pytest.raises(AlignError, match="1 of 2 ratings failed"):

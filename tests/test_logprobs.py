@@ -55,7 +55,7 @@ def test_shared_prompt_equals_full_rows_in_value_and_gradient() -> None:
     from align.model.loading import load_model, resolve_model
     from align.model.logprobs import model_sequence_logps, shared_prompt_logps
 
-    model = load_model(resolve_model("tiny"))
+    model = load_model(resolve_model("tiny"), device="cpu")
     groups = [([5, 6, 7, 8], [[9, 10, 3], [11]]), ([5, 6], [[12, 13, 14, 15], [3, 4], [7]])]
     pairs = [(p, r) for p, rs in groups for r in rs]
     full, n_full = model_sequence_logps(model, pairs, pad_id=0)

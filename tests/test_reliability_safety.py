@@ -72,7 +72,7 @@ def test_model_loads_pass_safe_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 
         monkeypatch.setattr(cls, "from_pretrained", spy)
     path = resolve_model("tiny")
-    load_model(path)
+    load_model(path, device="cpu")
     load_tokenizer(path)
     assert [k.get("trust_remote_code") for k in seen] == [False, False]
     assert seen[0].get("use_safetensors") is True

@@ -89,7 +89,7 @@ def _reply(request) -> str | None:
 def scripted(monkeypatch: pytest.MonkeyPatch) -> list[ScriptedBackend]:
     made: list[ScriptedBackend] = []
 
-    def make(cfg):
+    def make(cfg, device):
         made.append(ScriptedBackend(_reply, judge_id="canned-rewriter"))
         return made[-1]
 

@@ -64,7 +64,7 @@ def test_ref_logps_equal_a_direct_forward_pass(project: Path) -> None:
     path = read_json(stage_folder(cfg, "prepare-model") / "manifest.json")["summary"]["policy"][
         "path"
     ]
-    model, tok = load_model(path), load_tokenizer(path)
+    model, tok = load_model(path, device="cpu"), load_tokenizer(path)
     prompt, responses = encode_record(tok, rec, cfg.train.max_length, cfg.train.max_prompt_length)
     ids = torch.tensor([prompt + responses[1]])
     mask = torch.zeros_like(ids, dtype=torch.bool)

@@ -34,7 +34,7 @@ def _records(cfg, n: int = 6) -> list[dict]:
         }
         for i in range(n)
     ]
-    ref = _ref_logps(load_model(path), load_tokenizer(path), recs, cfg)
+    ref = _ref_logps(load_model(path, device="cpu"), load_tokenizer(path), recs, cfg)
     for rec, (lp, cnt) in zip(recs, ref, strict=True):
         rec["ref_logps"], rec["n_tokens"] = lp, cnt
     return recs

@@ -34,6 +34,8 @@ SMOKE_PROFILE: dict[str, Any] = {
     "train.precision": "fp32",
     "train.max_length": 128,
     "train.max_prompt_length": 64,
+    "train.global_batch": None,  # the recipe's global batch is not the smoke run's
+    "model.device": "auto",  # a smoke run runs where it is started
 }
 
 

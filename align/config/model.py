@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from align.config.base import Dtype, Strict
+from align.core.device import DEVICE_SETTING
 
 
 class LoraConfig(Strict):
@@ -22,3 +23,20 @@ class ModelConfig(Strict):
     revision: str | None = None  # hub policy (and default reference): branch, tag or commit
     dtype: Dtype = "float32"  # weights as loaded; training precision is train.precision
     lora: LoraConfig | None = None
+    # where every stage runs its models (docs/gpu.md): auto = CUDA when torch sees it, else CPU;
+    # cpu; cuda (the current device); cuda:N. Under train.distributed each process takes its own
+    # GPU, so there only auto, cuda or cpu
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device_here(cls, value: str) -> str:
+        if not DEVICE_SETTING.fullmatch(value):
+            raise ValueError(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+        if value.startswith("cuda"):  # torch is imported only for a CUDA setting
+            from align.core.device import cuda_problem
+
+            problem = cuda_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value

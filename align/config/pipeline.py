@@ -77,6 +77,8 @@ class PipelineConfig(Strict):
         _check_distributed(self)
         if self.rounds is not None:
             _check_rounds(self)
+        _check_global_batch(self)
+        _check_device(self)
         if self.train.online:
             _check_online(self)
             return self
@@ -192,6 +194,49 @@ def _check_distributed(cfg: PipelineConfig) -> None:
         raise ValueError(
             f"train.grad_accum: must be 1 with DeepSpeed ({dist.config}), which accumulates "
             "inside its engine; raise train.batch_size or train.distributed.num_processes instead"
+        )
+
+
+def _check_global_batch(cfg: PipelineConfig) -> None:
+    """train.global_batch, when stated, is what the run does: batch_size x grad_accum x
+    processes; the message says which value of grad_accum (or batch_size) makes it so."""
+    tc = cfg.train
+    want, have = tc.global_batch, tc.effective_global_batch
+    if want is None or want == have:
+        return
+    dist = tc.distributed
+    processes = (
+        f"{tc.processes} processes (train.distributed.num_processes {dist.num_processes} x "
+        f"machines {dist.machines})"
+        if dist
+        else "1 process (no train.distributed)"
+    )
+    if want % (tc.batch_size * tc.processes) == 0:
+        fix = f"set train.grad_accum: {want // (tc.batch_size * tc.processes)}"
+    elif want % (tc.grad_accum * tc.processes) == 0:
+        fix = f"set train.batch_size: {want // (tc.grad_accum * tc.processes)}"
+    else:
+        fix = f"choose batch_size, grad_accum and processes whose product is {want}"
+    raise ValueError(
+        f"train.global_batch: {want} but train.batch_size {tc.batch_size} x train.grad_accum "
+        f"{tc.grad_accum} x {processes} = {have}; {fix}, or change train.global_batch"
+    )
+
+
+def _check_device(cfg: PipelineConfig) -> None:
+    """model.device against the stages that cannot follow it: vLLM runs on GPUs only; launched
+    processes each take their own GPU, so a fixed index cannot hold for all of them."""
+    device = cfg.model.device
+    if device == "cpu" and cfg.sample is not None and cfg.sample.backend == "vllm":
+        raise ValueError(
+            "model.device: 'cpu' but sample.backend is vllm, which runs on GPUs only; use "
+            "sample.backend: hf, or model.device: auto"
+        )
+    if device.startswith("cuda:") and cfg.train.distributed is not None:
+        raise ValueError(
+            f"model.device: {device!r} pins one GPU but train.distributed launches "
+            f"{cfg.train.processes} processes, one per GPU; use 'auto' or 'cuda' (accelerate's "
+            "gpu_ids in train.distributed.config picks the GPUs)"
         )
 
 

@@ -25,12 +25,40 @@ class RolloutConfig(Strict):
 
 
 class DistributedConfig(Strict):
-    """Multi-process training under `accelerate launch` (docs/operations.md)."""
+    """Multi-process training under `accelerate launch`, on one machine or several
+    (docs/operations.md)."""
 
-    num_processes: int = Field(gt=0)  # one per GPU; train.batch_size is per process
+    # processes on each machine, one per GPU; train.batch_size is per process
+    num_processes: int = Field(gt=0)
     # an accelerate config file (configs/accelerate/ddp.yaml, fsdp.yaml, zero3.yaml);
     # None: plain DDP (gloo on CPU, NCCL on GPUs)
     config: str | None = None
+    # several machines (accelerate's multi-node launch): each runs `align stage PIPELINE train`
+    # with its own machine_rank (--set train.distributed.machine_rank=R); machine 0 is the main
+    # one and listens on main_address:main_port; the run folder is shared by all
+    machines: int = Field(1, gt=0)
+    machine_rank: int = Field(0, ge=0)  # not part of the stage hash: the same job on every machine
+    main_address: str | None = None  # machine 0's address as the others reach it
+    main_port: int = Field(29500, gt=0, lt=65536)
+
+    @model_validator(mode="after")
+    def _machines(self) -> DistributedConfig:
+        if self.machine_rank >= self.machines:
+            raise ValueError(
+                f"machine_rank {self.machine_rank} must be below machines ({self.machines}); "
+                "ranks run 0..machines-1"
+            )
+        if self.machines > 1 and not self.main_address:
+            raise ValueError(
+                f"main_address: required with machines: {self.machines} (machine 0's address "
+                "as the other machines reach it, e.g. 10.0.0.1 or a headless service name)"
+            )
+        return self
+
+    @property
+    def processes(self) -> int:
+        """Processes over all machines: num_processes x machines."""
+        return self.num_processes * self.machines
 
 
 class ProbeConfig(Strict):
@@ -75,14 +103,26 @@ class TrainConfig(Strict):
     # UPO's designer rewards, computed once by annotate on every response: R = sum_i w_i r_i
     aux_rewards: list[AuxRewardConfig] = Field(default_factory=list)
     rollout: RolloutConfig = RolloutConfig()
-    # None: one process; set: `accelerate launch` with num_processes (global batch =
-    # batch_size x grad_accum x num_processes)
+    # None: one process; set: `accelerate launch` with num_processes on each of `machines`
     distributed: DistributedConfig | None = None
     # None: no probe; set: probe.jsonl, probe/* in metrics.json and the likelihood-trend plot
     probe: ProbeConfig | None = None
     # experiment trackers fed with every step's log row (align/train/trackers.py), offline by
     # default; each needs its optional extra: pip install -e '.[tensorboard]' (or mlflow, wandb)
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    # the intended prompts per optimizer step; `align validate` refuses it unless it equals
+    # batch_size x grad_accum x processes (num_processes x machines, 1 without distributed)
+    global_batch: int | None = Field(None, gt=0)
+
+    @property
+    def processes(self) -> int:
+        """Training processes over all machines (1 without train.distributed)."""
+        return self.distributed.processes if self.distributed else 1
+
+    @property
+    def effective_global_batch(self) -> int:
+        """Prompts per optimizer step: batch_size x grad_accum x processes."""
+        return self.batch_size * self.grad_accum * self.processes
 
     @model_validator(mode="after")
     def _lengths(self) -> TrainConfig:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import os
 
 import torch
@@ -47,12 +46,3 @@ def prepare_process(threads: int | None = None) -> None:
     """What `run_stage` runs before every stage: `set_threads` and `keep_freed_memory`."""
     set_threads(threads)
     keep_freed_memory()
-
-
-def release_memory() -> None:
-    """After a stage: free what it left behind, and hand cached GPU blocks back to the driver.
-    The flow runs stages in reused worker processes (flows/align.py): without this, one
-    worker's cache would keep memory that the stage running in another worker needs."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

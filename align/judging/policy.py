@@ -10,18 +10,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 GenerateFn = Callable[[list[list[dict]], list[float], int], list[str]]
 
 
 def hf_generate_fn(
-    model_path: Path | str, dtype: str = "float32", batch_size: int = 8, seed: int = 0
+    model_path: Path | str,
+    dtype: str = "float32",
+    batch_size: int = 8,
+    seed: int = 0,
+    *,
+    device: torch.device | str = "cpu",
 ) -> GenerateFn:
-    """A generate_fn over a prepared HF folder: conversations grouped by temperature, batched,
-    each batch reseeded from (seed, temperature, batch index) so reruns draw the same texts."""
+    """A generate_fn over a prepared HF folder, the model on `device`: conversations grouped by
+    temperature, batched, each batch reseeded from (seed, temperature, batch index) so reruns
+    draw the same texts."""
     from align.generate.hf import generate
     from align.model.loading import load_model, load_tokenizer
 
-    model, tokenizer = load_model(model_path, dtype), load_tokenizer(model_path)
+    model = load_model(model_path, dtype, device=device)
+    tokenizer = load_tokenizer(model_path)
 
     def generate_fn(
         conversations: list[list[dict]], temperatures: list[float], max_new_tokens: int

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from align.config.judge import JudgeConfig
 from align.core.io import atomic_write_json, atomic_write_text
 from align.judging.alpacaeval import run_alpacaeval
@@ -27,11 +29,18 @@ STATS = ("cache_hits", "cache_misses", "requests", "retries", "input_tokens", "o
 
 
 def run_judge(
-    cfg: JudgeConfig, generate_fn: GenerateFn, out_dir: Path, model_id: str, cache_dir: Path
+    cfg: JudgeConfig,
+    generate_fn: GenerateFn,
+    out_dir: Path,
+    model_id: str,
+    cache_dir: Path,
+    *,
+    device: torch.device | str = "cpu",
 ) -> Metrics:
-    """Run every configured protocol for one policy (see the module docstring)."""
+    """Run every configured protocol for one policy (see the module docstring); a local judge
+    model runs on `device`."""
     out_dir = Path(out_dir)
-    backend = open_backend(cfg.backend, Path(cfg.cache_dir or cache_dir))
+    backend = open_backend(cfg.backend, Path(cfg.cache_dir or cache_dir), device=device)
     judge_name = cfg.backend.model
     outcome, parts = Outcome({}), []
     try:

@@ -21,10 +21,11 @@ from align.model.tokenize import prompt_text
 
 
 class LocalBackend:
-    """Loads the model on first use (a fully cached run never loads it)."""
+    """Loads the model on first use (a fully cached run never loads it), on `device`."""
 
-    def __init__(self, cfg: BackendConfig):
+    def __init__(self, cfg: BackendConfig, device: torch.device | str = "cpu"):
         self.cfg = cfg
+        self.device = device
         self.judge_id = judge_fingerprint(cfg)
         self._model = None
         self._tokenizer = None
@@ -38,7 +39,7 @@ class LocalBackend:
     def _load(self) -> None:
         if self._model is None:
             path = resolve_model(self.cfg.model)
-            self._model = load_model(path, self.cfg.dtype)
+            self._model = load_model(path, self.cfg.dtype, device=self.device)
             self._tokenizer = load_tokenizer(path)
 
     def complete(

@@ -192,10 +192,15 @@ ATTENTION = {"sdpa": "sdpa", "matmul": MATMUL_ATTENTION}  # train.attention -> t
 
 
 def load_model(
-    path: Path | str, dtype: str = "float32", attention: str = "sdpa"
+    path: Path | str,
+    dtype: str = "float32",
+    attention: str = "sdpa",
+    *,
+    device: torch.device | str,
 ) -> PreTrainedModel:
     """Causal LM from a prepared folder in `dtype` with `attention` (a key of ATTENTION), in
-    eval mode."""
+    eval mode, placed on `device` (a stage's `resolve_device(cfg.model.device)`; required, so
+    no caller can leave a model on the CPU by forgetting it)."""
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=DTYPES[dtype],
@@ -203,6 +208,7 @@ def load_model(
         use_safetensors=True,
         **SAFE,
     )
+    model.to(device)
     model.eval()
     return model
 

@@ -280,6 +280,11 @@ def stage_folder(cfg: PipelineConfig, name: str) -> Path:
 
 
 def _section_value(cfg: PipelineConfig, key: str) -> Any:
+    if key == "train" and cfg.train.distributed is not None:
+        # every machine of a multi-node run computes the same hash: its own rank is left out
+        value = section(cfg, key)
+        del value["distributed"]["machine_rank"]
+        return value
     if key == "train.lengths":  # tokenisation of reference log-probs follows training's limits
         return {
             "max_length": cfg.train.max_length,

@@ -4,6 +4,11 @@ configuration, run the stage's runner and write its manifest last.
 `run_stage` holds an exclusive lock (`runs/<pipeline>/.<stage>.lock`) while it works: a second
 process asking for the same stage of the same pipeline waits, then finds the output current
 instead of writing into the same folder at the same time.
+
+A multi-node train stage (train.distributed.machines > 1) runs on machine 0 like any stage; on
+every other machine `run_stage` only joins the training (`join_training`): no lock (machine 0
+holds it while it waits for this machine), no marker, no manifest, nothing written in the run
+folder.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ def run_stage(
     then sees the manifest and does nothing. `threads`: torch threads for this stage (default
     all cores); the flow passes a share when stages run side by side in one process."""
     active = active_stages(cfg)
+    dist = cfg.train.distributed
+    if name == "train" and dist is not None and dist.machine_rank > 0:
+        return join_training(cfg), True
     if name not in active:
         hint = difflib.get_close_matches(name, active, n=1)
         raise AlignError(
@@ -67,6 +75,33 @@ def run_stage(
     except BaseException:
         _close_progress_bars()
         raise
+
+
+def join_training(cfg: PipelineConfig) -> dict:
+    """Machine `train.distributed.machine_rank` > 0 of a multi-node train stage: launch this
+    machine's processes into the run machine 0 leads, with the same job (config, prepared
+    policy, stage hash) read from the shared run folder. Returns a manifest-like record of this
+    machine's part; machine 0 writes the stage's outputs and its manifest."""
+    from align.train.launch import launch_training
+
+    plans = {p.name: p for p in plan(cfg)}
+    stale = [u for u in STAGES["train"].upstream if u in plans and not plans[u].cached]
+    if stale:
+        raise AlignError(
+            f"train.distributed.machine_rank {cfg.train.distributed.machine_rank}: "
+            f"{', '.join(stale)} is not current in {stage_folder(cfg, stale[0]).parent}; every "
+            "machine needs the run folder machine 0 prepared (a shared volume at the same path)"
+        )
+    p = plans["train"]
+    models = read_json(plans["prepare-model"].folder / MANIFEST)["summary"]
+    launch_training(cfg, Path(models["policy"]["path"]), p.folder, p.stage_hash)
+    dist = cfg.train.distributed
+    return {
+        "stage": "train",
+        "pipeline": cfg.name,
+        "stage_hash": p.stage_hash,
+        "summary": {"machine_rank": dist.machine_rank, "machines": dist.machines},
+    }
 
 
 def _close_progress_bars() -> None:
@@ -99,7 +134,8 @@ def _run_unlocked(
     }
     # torch, transformers and the trainers take ~3 s to import: `align plan`, `align validate`
     # and cached stages never pay for that
-    from align.core.runtime import prepare_process, release_memory
+    from align.core.device import free_accelerator
+    from align.core.runtime import prepare_process
     from align.stages import RUNNERS
 
     prepare_process(threads)  # torch threads, a heap that keeps freed blocks (core/runtime.py)
@@ -107,7 +143,7 @@ def _run_unlocked(
     try:
         summary, requires = RUNNERS[name](cfg, p.folder, upstream, p.stage_hash)
     finally:
-        release_memory()
+        free_accelerator()  # the next stage, or vLLM, gets the memory (align/core/device.py)
     manifest = {
         "stage": name,
         "pipeline": cfg.name,

@@ -103,9 +103,10 @@ def reward_fingerprint(cfg: RewardConfig) -> str:
 
 
 class RewardModel:
-    """An HF sequence-classification model scoring the chat-formatted (prompt, response)."""
+    """An HF sequence-classification model scoring the chat-formatted (prompt, response), on
+    `device` (its inputs follow it)."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, device: torch.device | str = "cpu"):
         from transformers import AutoModelForSequenceClassification
 
         from align.model.loading import load_tokenizer, resolve_model
@@ -113,9 +114,13 @@ class RewardModel:
         path = resolve_model(source)
         self.tokenizer = load_tokenizer(path)
         self.tokenizer.padding_side = "right"
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=False
-        ).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                path, use_safetensors=True, trust_remote_code=False
+            )
+            .to(device)
+            .eval()
+        )
 
     @torch.no_grad()
     def __call__(
@@ -134,7 +139,7 @@ class RewardModel:
                 return_tensors="pt",
                 padding=True,
                 add_special_tokens=False,
-            )
+            ).to(self.model.device)
             scores.extend(self.model(**enc).logits[:, 0].float().tolist())
         return scores
 
@@ -142,21 +147,24 @@ class RewardModel:
 class Scorer:
     """Scores (prompt, completion) pairs with the configured reward; checks every value.
 
-    `field` names the YAML section in errors (e.g. 'annotate.reward')."""
+    `field` names the YAML section in errors (e.g. 'annotate.reward'); a reward model or a
+    local judge runs on `device`."""
 
-    def __init__(self, cfg: RewardConfig, field: str = "reward"):
+    def __init__(
+        self, cfg: RewardConfig, field: str = "reward", *, device: torch.device | str = "cpu"
+    ):
         self.field = field
         if cfg.from_data:
             raise AlignError("reward.from_data cannot score new responses; set function or model")
         self.cfg = cfg
         self.fn = load_function(cfg.function) if cfg.function else None
-        self.rm = RewardModel(cfg.model) if cfg.model else None
+        self.rm = RewardModel(cfg.model, device) if cfg.model else None
         self.judge = None
         if cfg.judge:
             from align.model.loading import cache_root
             from align.rewards.judge import RewardJudge
 
-            self.judge = RewardJudge(cfg.judge, cache_root() / "judgments")
+            self.judge = RewardJudge(cfg.judge, cache_root() / "judgments", device=device)
 
     def __call__(
         self,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from align.config.judge import JudgeRewardConfig
 from align.core.errors import AlignError
 from align.llm.open import open_backend
@@ -18,9 +20,11 @@ class RewardJudge:
     """A judge kept open across calls (the local model loads once): 1–10 ratings as rewards,
     and pairwise preference probabilities for the online losses."""
 
-    def __init__(self, cfg: JudgeRewardConfig, cache_dir: Path):
+    def __init__(
+        self, cfg: JudgeRewardConfig, cache_dir: Path, *, device: torch.device | str = "cpu"
+    ):
         self.cfg = cfg
-        self.backend = open_backend(cfg.backend, Path(cfg.cache_dir or cache_dir))
+        self.backend = open_backend(cfg.backend, Path(cfg.cache_dir or cache_dir), device=device)
 
     def rewards(self, prompts: list, completions: list[str]) -> list[float]:
         """One rating per completion; failures raise (on_failure 'error') or become the

@@ -49,15 +49,17 @@ class Preference:
 
     FIELD = "train.preference"
 
-    def __init__(self, cfg: PreferenceConfig):
+    def __init__(self, cfg: PreferenceConfig, *, device: torch.device | str = "cpu"):
         self.cfg = cfg
-        self.scorer = Scorer(cfg.reward, f"{self.FIELD}.reward") if cfg.reward else None
+        self.scorer = (
+            Scorer(cfg.reward, f"{self.FIELD}.reward", device=device) if cfg.reward else None
+        )
         self.judge = None
         if cfg.judge is not None:
             from align.model.loading import cache_root
             from align.rewards.judge import RewardJudge
 
-            self.judge = RewardJudge(cfg.judge, cache_root() / "judgments")
+            self.judge = RewardJudge(cfg.judge, cache_root() / "judgments", device=device)
         self.fn = load_function(cfg.function) if cfg.function else None
 
     def __call__(

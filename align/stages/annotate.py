@@ -21,7 +21,7 @@ from align.model.logprobs import shared_prompt_logps
 from align.model.tokenize import encode_record
 from align.rewards import Scorer
 from align.rewards.aux import combined_aux_rewards
-from align.stages.common import check_prompts, train_source
+from align.stages.common import check_prompts, stage_device, train_source
 
 
 @torch.no_grad()
@@ -83,8 +83,9 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
     path = upstream["prepare-model"]["summary"]["reference"]["path"]
     tokenizer = load_tokenizer(path, "reference")
     check_prompts(cfg, tokenizer, records)
-    scorer = None if ac.reward.from_data else Scorer(ac.reward, "annotate.reward")
-    model = load_model(path, cfg.model.dtype)
+    device = stage_device(cfg)
+    scorer = None if ac.reward.from_data else Scorer(ac.reward, "annotate.reward", device=device)
+    model = load_model(path, cfg.model.dtype, device=device)
     shards = chunks(records, cfg.sample.shard_size if cfg.sample else 256)
     bar = tqdm(total=len(records), desc="annotate", unit="prompt")
 
@@ -95,7 +96,7 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
             rec["ref_logps"], rec["n_tokens"] = lp, n
         if cfg.train.aux_rewards:  # UPO's designer rewards, once per response
             flat, _ = combined_aux_rewards(
-                cfg.train.aux_rewards, [t for r in shard for t in r["responses"]]
+                cfg.train.aux_rewards, [t for r in shard for t in r["responses"]], device
             )
             for rec in shard:
                 rec["aux_rewards"], flat = (
@@ -119,4 +120,5 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
         "reward_min": min(rewards),
         "reward_max": max(rewards),
         **({"aux_reward_mean": sum(aux) / len(aux)} if aux else {}),
+        "device": str(device),
     }, []

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from align.config import PipelineConfig
+from align.core.device import free_accelerator
 from align.core.io import atomic_write_json, atomic_write_text
 from align.data.datasets import load_records
 from align.data.records import RESERVED, chunks
@@ -16,6 +18,7 @@ from align.generate.hf import generate
 from align.model.loading import load_model, load_tokenizer
 from align.rewards import Scorer
 from align.rewards.aux import combined_aux_rewards
+from align.stages.common import stage_device
 
 
 def reward_columns(records: list[dict], repeat: int = 1) -> dict[str, list]:
@@ -25,9 +28,13 @@ def reward_columns(records: list[dict], repeat: int = 1) -> dict[str, list]:
     return {k: [r.get(k) for r in records for _ in range(repeat)] for k in keys}
 
 
-def answer(model_path: Path, records: list[dict], cfg: PipelineConfig, label: str) -> list[str]:
+def answer(
+    model_path: Path, records: list[dict], cfg: PipelineConfig, label: str, device: torch.device
+) -> list[str]:
+    """The greedy (or evaluate.temperature) answer of the model at `model_path`, on `device`,
+    to every record's prompt."""
     ec = cfg.evaluate
-    model = load_model(model_path, ec.dtype or cfg.model.dtype)
+    model = load_model(model_path, ec.dtype or cfg.model.dtype, device=device)
     tokenizer = load_tokenizer(model_path)
     texts: list[str] = []
     for i, batch in enumerate(
@@ -52,16 +59,20 @@ def pairwise_wins(a: list[float], b: list[float]) -> list[float]:
     return [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True)]
 
 
-def evaluate(cfg: PipelineConfig, initial: Path, trained: Path, out: Path) -> dict:
+def evaluate(
+    cfg: PipelineConfig, initial: Path, trained: Path, out: Path, device: torch.device
+) -> dict:
+    """Both policies answer the held-out prompts on `device`; the reward scores the answers."""
     records = load_records(cfg.data.eval, cfg.data.system_prompt, "data.eval")[: cfg.evaluate.limit]
-    scorer = Scorer(cfg.eval_reward)
+    scorer = Scorer(cfg.eval_reward, device=device)
     prompts, columns = [r["prompt"] for r in records], reward_columns(records)
     scores, aux = {}, {}
     for label, path in (("initial", initial), ("trained", trained)):
-        texts = answer(path, records, cfg, label)
+        texts = answer(path, records, cfg, label, device)
+        free_accelerator()  # the initial policy's memory goes before the trained one loads
         scores[label] = scorer(prompts, texts, columns)
         if cfg.train.aux_rewards:  # UPO's designer reward R of the held-out answers
-            aux[label] = combined_aux_rewards(cfg.train.aux_rewards, texts)
+            aux[label] = combined_aux_rewards(cfg.train.aux_rewards, texts, device)
         rows = [
             {"id": r["id"], "prompt": r["prompt"], "response": t, "reward": s}
             for r, t, s in zip(records, texts, scores[label], strict=True)
@@ -103,4 +114,5 @@ def evaluate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
     """The `evaluate` stage: the initial and the trained policy answer the held-out prompts."""
     initial = Path(upstream["prepare-model"]["summary"]["policy"]["path"])
     trained = Path(cfg.runs_dir) / cfg.name / "train" / "model"
-    return evaluate(cfg, initial, trained, out), []
+    device = stage_device(cfg)
+    return {**evaluate(cfg, initial, trained, out, device), "device": str(device)}, []

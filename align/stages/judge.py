@@ -7,6 +7,7 @@ from pathlib import Path
 from align.config import PipelineConfig
 from align.core.errors import AlignError
 from align.model.loading import cache_root
+from align.stages.common import stage_device
 
 
 def judge_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
@@ -16,8 +17,11 @@ def judge_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple
     from align.judging.run import run_judge
 
     trained = Path(cfg.runs_dir) / cfg.name / "train" / "model"
-    generate_fn = hf_generate_fn(trained, cfg.model.dtype)
-    metrics = run_judge(cfg.judge, generate_fn, out, cfg.name, cache_root() / "judgments")
+    device = stage_device(cfg)
+    generate_fn = hf_generate_fn(trained, cfg.model.dtype, device=device)
+    metrics = run_judge(
+        cfg.judge, generate_fn, out, cfg.name, cache_root() / "judgments", device=device
+    )
     judged = (
         metrics.get("mtbench/n_judgments", 0)
         - metrics.get("mtbench/n_failed", 0)
@@ -31,4 +35,4 @@ def judge_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple
             f"check judge.backend (base_url {cfg.judge.backend.base_url}, api_key_env) and "
             "re-run: nothing here counts as done"
         )
-    return metrics, []
+    return {**metrics, "device": str(device)}, []

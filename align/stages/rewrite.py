@@ -20,6 +20,7 @@ from align.rewrite.rewriter import (
     preference_pairs,
     rewrite_texts,
 )
+from align.stages.common import stage_device
 
 
 def rewrite_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
@@ -36,7 +37,10 @@ def rewrite_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tup
     path = upstream["prepare-model"]["summary"]["reference"]["path"]
     tokenizer = load_tokenizer(path, "reference")
     stopwords = stopword_token_ids(tokenizer)
-    backend = open_backend(rc.backend, Path(rc.cache_dir or cache_root() / "rewrites"))
+    device = stage_device(cfg)
+    backend = open_backend(
+        rc.backend, Path(rc.cache_dir or cache_root() / "rewrites"), device=device
+    )
     model = None
     shards = chunks(pairs, rc.shard_size)
     bar = tqdm(total=len(pairs), desc="rewrite", unit="pair")
@@ -45,13 +49,13 @@ def rewrite_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tup
             target = shard_path(out, si)
             if not target.exists():  # else written by an earlier, interrupted run
                 texts = rewrite_texts(backend, shard, rc, tokenizer)
-                model = model or load_model(path, cfg.model.dtype)
+                model = model or load_model(path, cfg.model.dtype, device=device)
                 write_shard(target, pair_records(shard, texts, model, tokenizer, stopwords, cfg))
             bar.update(len(shard))
     finally:
         backend.cache.close()
         bar.close()
-    return summarise(read_shards(out), skipped, backend.stats()), []
+    return {**summarise(read_shards(out), skipped, backend.stats()), "device": str(device)}, []
 
 
 def summarise(rows: list[dict], skipped: int, stats: dict) -> dict:

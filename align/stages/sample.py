@@ -20,7 +20,7 @@ from align.model.loading import (
     load_model,
     load_tokenizer,
 )
-from align.stages.common import check_prompts
+from align.stages.common import check_prompts, stage_device
 
 
 def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
@@ -29,19 +29,23 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
     path = upstream["prepare-model"]["summary"]["policy"]["path"]
     tokenizer = load_tokenizer(path)
     check_prompts(cfg, tokenizer, records)  # before generating: annotate would refuse them
+    dtype, device = sc.dtype or cfg.model.dtype, stage_device(cfg)
     with contextlib.ExitStack() as stack:
         if sc.backend == "vllm":  # shut down when sampling ends: the next stage gets the GPU
             from align.generate.vllm_engine import VLLMSampler, vllm_dtype
 
             engine = stack.enter_context(VLLMSampler(path, vllm_dtype(cfg), sc.seed))
             sample = engine.generate
-        else:
-            sample = partial(generate, load_model(path, sc.dtype or cfg.model.dtype))
-        return _sample_shards(cfg, out, records, tokenizer, sample)
+        else:  # vLLM places itself on the GPU (validate refuses model.device cpu with it)
+            sample = partial(generate, load_model(path, dtype, device=device))
+        return _sample_shards(cfg, out, records, tokenizer, sample, device)
 
 
-def _sample_shards(cfg: PipelineConfig, out: Path, records, tokenizer, sample) -> tuple[dict, list]:
-    """Sample every shard not yet written with `sample` (the HF or vLLM `generate`)."""
+def _sample_shards(
+    cfg: PipelineConfig, out: Path, records, tokenizer, sample, device
+) -> tuple[dict, list]:
+    """Sample every shard not yet written with `sample` (the HF or vLLM `generate`) on
+    `device` (reported in the summary)."""
     sc = cfg.sample
     shards = chunks(records, sc.shard_size)
     started, new_tokens = time.perf_counter(), 0
@@ -76,4 +80,5 @@ def _sample_shards(cfg: PipelineConfig, out: Path, records, tokenizer, sample) -
         "shards": len(shards),
         "new_tokens": new_tokens,
         "tokens_per_s": round(new_tokens / seconds, 1) if new_tokens else None,
+        "device": f"{device} (vllm)" if sc.backend == "vllm" else str(device),
     }, []

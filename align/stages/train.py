@@ -15,7 +15,6 @@ from align.core.io import atomic_write_text, read_json
 from align.data.datasets import load_records
 from align.data.records import read_shards
 from align.stages.model_card import write_model_card
-from align.train.launch import ERROR
 
 
 def train_stage(
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = Path(job["policy"])
         train_here(cfg, policy, Path(job.get("reference", policy)), out, job["stage_hash"])
     except AlignError as exc:
-        atomic_write_text(out / ERROR, str(exc))
+        atomic_write_text(Path(job["error"]), str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

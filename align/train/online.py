@@ -43,6 +43,7 @@ from align.model.reference import AdapterDisabled
 from align.model.tokenize import check_prompt_lengths, encode_prompt
 from align.rewards.preference import Preference
 from align.train.losses import online_loss
+from align.train.placement import load_device
 from align.train.stats import StepStats
 from align.train.trainer import Trainer, trainable_policy
 
@@ -92,18 +93,17 @@ class OnlineTrainer(Trainer):
         ]
         # prompt indices: the inherited `_micro_batches` then yields index lists
         self.examples = list(range(len(records)))
-        self._optimize(
-            trainable_policy(load_model(policy_path, self.weights_dtype, self.tc.attention), cfg),
-            [],
-        )
+        device = load_device(self.acc)
+        policy = load_model(policy_path, self.weights_dtype, self.tc.attention, device=device)
+        self._optimize(trainable_policy(policy, cfg), [])
         if cfg.model.lora is not None and Path(ref_path).resolve() == Path(policy_path).resolve():
             # the initial policy is the LoRA model's frozen base: no second copy
             self.ref = AdapterDisabled(self.acc.unwrap_model(self.model))
         else:
-            self.ref = load_model(ref_path, self.weights_dtype).requires_grad_(False)
+            self.ref = load_model(ref_path, self.weights_dtype, device=device).requires_grad_(False)
             self.ref.to(self.acc.device)
         self.loss = cfg.train.loss
-        self.preference = Preference(cfg.train.preference)
+        self.preference = Preference(cfg.train.preference, device=self.acc.device)
         self.ref_texts: dict[int, str] = {}
 
     # ---- sampling -----------------------------------------------------------------------

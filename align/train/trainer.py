@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedType
+from accelerate import DistributedType
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
@@ -55,6 +55,7 @@ from align.model.tokenize import encode_record
 from align.train import checkpoint, finite, trackers
 from align.train.bmc import bmc_batch_logps
 from align.train.losses import counting_rows, kwise_loss
+from align.train.placement import load_device, make_accelerator
 from align.train.precision import MasterWeights, weights_dtype
 from align.train.probe import probe_indices, probe_metrics, run_probe
 from align.train.stats import PAIR_KEYS, StepStats, pair_sums
@@ -222,7 +223,12 @@ class Trainer:
         self._start(cfg, out, stage_hash)
         self.tokenizer = load_tokenizer(model_path)
         self.examples = build_examples(records, self.tokenizer, cfg)
-        model = trainable_policy(load_model(model_path, self.weights_dtype, self.tc.attention), cfg)
+        model = trainable_policy(
+            load_model(
+                model_path, self.weights_dtype, self.tc.attention, device=load_device(self.acc)
+            ),
+            cfg,
+        )
         self.loss = cfg.train.loss
         value_groups: list[dict] = []
         if isinstance(self.loss, UPOParams):
@@ -244,18 +250,14 @@ class Trainer:
         )
 
     def _start(self, cfg: PipelineConfig, out: Path, stage_hash: str) -> None:
-        """The run's settings, its `Accelerator` (bf16 autocast when `train.precision` says so)
-        and step 0."""
+        """The run's settings, its `Accelerator` (bf16 autocast when `train.precision` says so,
+        on `model.device`: align/train/placement.py) and step 0."""
         self.cfg, self.tc, self.out, self.stage_hash = cfg, cfg.train, out, stage_hash
         self.weights_dtype = weights_dtype(
             self.tc.precision, cfg.model.dtype, full_fine_tuning=cfg.model.lora is None
         )
         self.master: MasterWeights | None = None  # bf16_weights only: the optimizer's fp32 copy
-        self.acc = Accelerator(
-            mixed_precision="bf16" if self.tc.precision == "bf16" else "no",
-            cpu=not torch.cuda.is_available(),
-            **trackers.accelerator_kwargs(cfg, out),  # train.report_to
-        )
+        self.acc = make_accelerator(cfg, **trackers.accelerator_kwargs(cfg, out))  # report_to
         self.value_head: ValueHead | None = None  # UPO only; saved with every checkpoint
         self.probe_set: list[Example] = []  # train.probe's fixed records (offline only)
         self.step = 0
