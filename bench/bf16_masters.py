@@ -61,7 +61,9 @@ def _records(path: Path, cfg, n: int = 8) -> list[dict]:
         for i in range(n)
     ]
     for rec, (lp, cnt) in zip(
-        recs, _ref_logps(load_model(path), load_tokenizer(path), recs, cfg), strict=True
+        recs,
+        _ref_logps(load_model(path, device="cpu"), load_tokenizer(path), recs, cfg),
+        strict=True,
     ):
         rec["ref_logps"], rec["n_tokens"] = lp, cnt
     return recs

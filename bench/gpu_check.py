@@ -94,7 +94,9 @@ def _annotated(cfg, n: int = 6) -> list[dict]:
     ]
     path = _tiny()
     for rec, (lp, cnt) in zip(
-        recs, _ref_logps(load_model(path), load_tokenizer(path), recs, cfg), strict=True
+        recs,
+        _ref_logps(load_model(path, device="cpu"), load_tokenizer(path), recs, cfg),
+        strict=True,
     ):
         rec["ref_logps"], rec["n_tokens"] = lp, cnt
     return recs

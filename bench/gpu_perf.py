@@ -207,7 +207,7 @@ def trl_memory(ctx) -> tuple[str, str]:
     from align.model.loading import load_model
 
     AcceleratorState._reset_state()  # our Trainer and TRL's both set bf16, after other checks
-    ref = load_model(folder, "bfloat16").to(ctx.device)
+    ref = load_model(folder, "bfloat16", device=ctx.device)
     for rec, (lp, n) in zip(records, _ref_logps(ref, tokenizer, records, cfg), strict=True):
         rec["ref_logps"], rec["n_tokens"] = lp, n
     del ref

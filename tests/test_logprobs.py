@@ -152,7 +152,7 @@ def test_the_model_paths_never_build_full_logits_and_match_the_plain_head(
     from align.model import logprobs
     from align.model.loading import load_model, resolve_model
 
-    model = load_model(resolve_model("tiny")).train()
+    model = load_model(resolve_model("tiny"), device="cpu").train()
     groups = [([5, 6, 7, 8], [[9, 10, 11], [12, 13]]), ([14, 15], [[16, 17, 18, 19]])]
     fn = {
         "full_rows": lambda: logprobs.model_sequence_logps(

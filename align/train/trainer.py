@@ -76,7 +76,7 @@ LOG_KEYS = (
     "rewards/margin",
     "rewards/accuracy",
 )
-STEP_KEYS = ("loss", *PAIR_KEYS, "tokens", *UPO_KEYS)  # the sums a step accumulates
+STEP_KEYS = ("loss", "counted", *PAIR_KEYS, "tokens", *UPO_KEYS)  # the sums a step accumulates
 
 
 @dataclass
@@ -376,11 +376,12 @@ class Trainer:
         ]
         return [[self.examples[i] for i in m] for m in micro]
 
-    def _counted_rows(self) -> int:
-        """How many prompts of this optimizer step (all processes) take part in the loss."""
+    def _counted_rows(self) -> torch.Tensor:
+        """How many prompts of this optimizer step (all processes) take part in the loss, at
+        least 1: a 0-d tensor on the CPU, computed from the rewards alone (no device read)."""
         idx = step_indices(self.step, len(self.examples), self.per_step, self.tc.seed)
         _, rewards, _, mask = collate([self.examples[i] for i in idx])
-        return int(counting_rows(self.pref_loss, rewards, mask).sum())
+        return counting_rows(self.pref_loss, rewards, mask).sum().clamp_min(1).double()
 
     @property
     def _share_prompt(self) -> bool:
@@ -464,8 +465,9 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         local = self.tc.batch_size * self.tc.grad_accum
         world = self.acc.num_processes
-        counted = max(1, self._counted_rows())
+        counted = to_device(self._counted_rows(), self.acc.device)
         stats = StepStats(STEP_KEYS, self.acc.device)
+        stats.add("counted", counted / world)  # every process adds its share of the same count
         micro_batches = self._micro_batches()
         for m, batch in enumerate(micro_batches):
             pairs, rewards, ref, mask = collate(batch)
@@ -497,7 +499,7 @@ class Trainer:
             stats.add("loss", losses.detach().sum())
             stats.add_many(PAIR_KEYS, pair_sums(out, policy.detach()))
         total, grad_norm = stats.read(self.acc, self._optimizer_step())
-        row = {"loss": total["loss"] / counted}
+        row = {"loss": total["loss"] / total["counted"]}
         for key in LOG_KEYS[1:]:
             row[key] = total[key] / total["n_pref"] if total["n_pref"] else float("nan")
         row.update(
