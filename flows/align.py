@@ -98,10 +98,10 @@ def align_flow(
     cfg, overrides, round_plan = prepare_run(pipeline, list(overrides or []), smoke)
     preflight(cfg, pipeline)
     if round_plan is not None:
-        logger.info(
-            "round %d from %s",
-            round_plan.number,
-            f"round {round_plan.parent}" if round_plan.parent is not None else "the base model",
+        parent = round_plan.parent
+        LINES.info(
+            f"round {round_plan.number} from "
+            + (f"round {parent}'s model" if parent is not None else "the base model")
         )
     plans = plan(cfg)
     threads = thread_shares(plans)
@@ -143,12 +143,12 @@ def align_flow(
     logger.info("pipeline %s done: %s", cfg.name, ", ".join(manifests))
     if round_plan is not None:
         record = close_round(cfg, round_plan)
-        logger.info("round %d %s: %s", record["round"], record["decision"], record["reason"])
+        LINES.info(f"round {record['round']} {record['decision']}: {record['reason']}")
     run_id = str(flow_run.get_id())
     logger.info("report: %s", publish(cfg, manifests, run_id=run_id))
     logger.info("this run's outputs kept in %s", keep_run(cfg, run_id))
     if record_dvc:
-        logger.info(record_in_dvc_lock(pipeline, overrides, smoke))
+        LINES.info(record_in_dvc_lock(pipeline, overrides, smoke))
     return manifests
 
 
