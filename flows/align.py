@@ -123,7 +123,7 @@ def align_flow(
         future.wait()
         if future.state.is_completed():
             done[name] = future.result()
-            LINES.info(stage_line(name, done[name], True, folders[name]))
+            LINES.info(stage_line(name, done[name], done[name].get("ran", True), folders[name]))
     manifests = {p.name: done[p.name] for p in plans if p.name in done}
     failed = [n for n in futures if n not in manifests]
     if failed:

@@ -200,9 +200,15 @@ def temporary_prefect_server() -> Iterator[None]:
         yield
         return
     from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_HOME
+
+    from align.core.io import exclusive_lock
 
     server = SubprocessASGIServer()  # the instance this process's Prefect client would start
-    server.start()  # stopped at exit, after Prefect's last logs and events reach it
+    # Two runs starting at once would both migrate the same database (one fails): the second
+    # starts its server once the first one's is up and its database migrated.
+    with exclusive_lock(Path(PREFECT_HOME.value()) / "server-start.lock", "a Prefect server start"):
+        server.start()  # stopped at exit, after Prefect's last logs and events reach it
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         yield

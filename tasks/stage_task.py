@@ -48,11 +48,13 @@ def stage_task(
         stage_hash: str,
         threads: int | None = None,
     ) -> dict:
+        """The stage's manifest, plus `ran`."""
         cfg = load_pipeline(pipeline, overrides, smoke)
         manifest, ran = run_stage(cfg, stage, threads=threads)
         if manifest["stage_hash"] != stage_hash:
             raise RuntimeError(f"{stage}: the pipeline changed while the flow ran; run it again")
         get_run_logger().info(stage_line(stage, manifest, ran, str(stage_folder(cfg, stage))))
-        return manifest
+        # `ran`: whether this task did the work or found it done (another run did it meanwhile)
+        return {**manifest, "ran": ran}
 
     return run

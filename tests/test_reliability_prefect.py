@@ -121,7 +121,8 @@ def test_same_pipeline_twice_at_once_through_prefect(tmp_path: Path) -> None:
     manifest = json.loads((runs / "train" / "manifest.json").read_text())
     assert manifest["summary"]["steps"] == 2
     assert not [p for p in runs.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
-    # each stage task logs "<stage> ran in ..." or "<stage> was current": training ran once
+    # each run prints "train: done in ..." or "train: up to date": training ran once
     everything = "".join(o + e for o, e in outs)
-    assert everything.count("train ran in") == 1, everything[-5000:]
+    assert everything.count("train: done in") == 1, everything[-5000:]
+    assert everything.count("train: up to date") == 1, everything[-5000:]
     assert yaml.safe_load((project / "pipeline.yaml").read_text())["name"] == "corpus"
