@@ -35,7 +35,7 @@ from align.pipeline import STAGES, plan
 from align.pipeline.graph import StagePlan
 from align.pipeline.history import keep_run
 from align.pipeline.rounds import close_round, prepare_run
-from flows.dvc_record import record_in_dvc_lock
+from flows.dvc_record import record_run
 from flows.output import LINES, stage_line
 from flows.report import publish
 from flows.stopping import reclaim_sigterm
@@ -148,7 +148,7 @@ def align_flow(
     logger.info("report: %s", publish(cfg, manifests, run_id=run_id))
     logger.info("this run's outputs kept in %s", keep_run(cfg, run_id))
     if record_dvc:
-        LINES.info(record_in_dvc_lock(pipeline, overrides, smoke))
+        LINES.info(record_run(pipeline, overrides, smoke, cfg))
     return manifests
 
 

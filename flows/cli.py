@@ -235,9 +235,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 record = close_round(cfg, round_plan)
                 LINES.info(f"round {record['round']} {record['decision']}: {record['reason']}")
             if args.record_dvc:
-                from flows.dvc_record import record_in_dvc_lock
+                from flows.dvc_record import record_run
 
-                LINES.info(record_in_dvc_lock(args.pipeline, overrides, args.smoke))
+                LINES.info(record_run(args.pipeline, overrides, args.smoke, cfg))
         else:
             with temporary_prefect_server():
                 from flows.align import align_flow

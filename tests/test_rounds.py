@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,8 +19,9 @@ import pytest
 from align.config import load_pipeline
 from align.config.data import WindowConfig
 from align.core.errors import AlignError
+from align.core.io import sha256_tree
 from align.data.datasets import window_rows
-from tests.conftest import venv_env
+from tests.conftest import REPO, venv_env
 
 PIPELINE = "pipelines/iterative-quickstart.yaml"
 FAST = [
@@ -135,3 +138,47 @@ def test_rounds_resume_after_a_kill_and_roll_back(project: Path) -> None:
     _align(project, "rounds", PIPELINE, "--smoke", "--promote", "1")
     assert [r["decision"].endswith("*") for r in _table(project)] == [True, False]
     assert promoted  # at least round 1
+
+
+def test_round_lineage_is_kept_by_dvc_and_git(project: Path) -> None:
+    """In a git + DVC project made from the repository's own .gitignore, .dvcignore and
+    .dvc/config, each round records its rounds folder with `dvc add`: git sees exactly the
+    pointer `rounds.dvc`, which changes with every round, and round 1's model comes back from
+    DVC's cache byte for byte after it is deleted."""
+    for name in (".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, project / name)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
+    shutil.copy(REPO / ".dvc/config", project / ".dvc/config")
+    run = project / "runs" / "iterative-quickstart-smoke"
+    done = _align(project, "run", PIPELINE, "--no-prefect", *FAST)
+    assert f"recorded the rounds in {run.relative_to(project)}/rounds.dvc" in done.stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "-uall", "runs"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert status == ["??", "runs/iterative-quickstart-smoke/rounds.dvc"]  # nothing else of runs/
+    first_pointer = (run / "rounds.dvc").read_text()
+    model = run / "rounds" / "round-1" / "model"
+    events = [json.loads(x) for x in (run / "rounds" / "rounds.jsonl").read_text().splitlines()]
+    promoted = next(e for e in events if e["event"] == "promoted")
+    assert sha256_tree(model) == promoted["model_hash"]
+    shutil.rmtree(model)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "checkout",
+            "-q",
+            str(run.relative_to(project) / "rounds.dvc"),
+        ],
+        cwd=project,
+        check=True,
+    )
+    assert sha256_tree(model) == promoted["model_hash"]  # restored from its lineage record
+    _align(project, "run", PIPELINE, "--no-prefect", *FAST)  # round 2 moves the pointer
+    assert (run / "rounds.dvc").read_text() != first_pointer
