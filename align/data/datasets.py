@@ -94,6 +94,28 @@ def _check_storable(records: list[dict], what: str, source: str) -> None:
         ) from None
 
 
+def json_value(text: str, name: str, number: int) -> Any:
+    """The JSON value of line `number` of file `name`; one line naming both when it is not
+    JSON (bounded: a 100000-deep array or a 5000-digit integer is refused, not a traceback)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise AlignError(
+            f"cannot read {name}: line {number}: not valid JSON ({_first_line(exc)}); fix or "
+            "drop the line"
+        ) from None
+
+
+def json_record(value: Any, name: str, where: str) -> dict:
+    """`value` when it is a record (a JSON object); else one line naming `where` in `name`."""
+    if not isinstance(value, dict):
+        raise AlignError(
+            f"cannot read {name}: {where}: a record must be a JSON object "
+            f'({{"prompt": ...}}), got {type(value).__name__}'
+        )
+    return value
+
+
 def json_rows(path: Path, name: str) -> list[dict]:
     """JSON Lines (one object per line) or a JSON array of objects, strictly UTF-8."""
     data = path.read_bytes()
@@ -111,21 +133,11 @@ def json_rows(path: Path, name: str) -> list[dict]:
         numbered = [(1, text)] if text.strip() else []
     rows: list = []
     for number, line in numbered:
-        try:
-            value = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise AlignError(
-                f"cannot read {name}: line {number}: not valid JSON ({_first_line(exc)}); fix "
-                "or drop the line"
-            ) from None
+        value = json_value(line, name, number)
         rows.extend(value if path.suffix == ".json" and isinstance(value, list) else [value])
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            where = f"line {numbered[i][0]}" if path.suffix == ".jsonl" else f"item {i}"
-            raise AlignError(
-                f"cannot read {name}: {where}: a record must be a JSON object "
-                f'({{"prompt": ...}}), got {type(row).__name__}'
-            )
+        where = f"line {numbered[i][0]}" if path.suffix == ".jsonl" else f"item {i}"
+        json_record(row, name, where)
     return rows
 
 

@@ -6,14 +6,20 @@ streamed hub dataset), then normalised exactly as a run would (`datasets.normali
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from align.config import DatasetConfig, PipelineConfig
 from align.core.errors import AlignError
-from align.data.datasets import LOCAL_SUFFIXES, check_columns, json_rows, normalise_row
+from align.data.datasets import (
+    LOCAL_SUFFIXES,
+    check_columns,
+    json_record,
+    json_rows,
+    json_value,
+    normalise_row,
+)
 
 PEEK_ROWS = 8
 
@@ -31,14 +37,7 @@ def _jsonl_rows(path: Path, n: int) -> list[dict]:
                 ) from None
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except (ValueError, RecursionError) as exc:
-                raise AlignError(
-                    f"cannot read {path}: line {number} is not JSON ({str(exc)[:80]})"
-                ) from None
-            if not isinstance(row, dict):
-                raise AlignError(f"cannot read {path}: line {number} is not a JSON object")
+            row = json_record(json_value(line, str(path), number), str(path), f"line {number}")
             rows.append(row)
             if len(rows) == n:
                 break
