@@ -24,10 +24,8 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from align.config import load_pipeline
-from align.model.loading import load_model, load_tokenizer
-from align.stages.annotate import _ref_logps
 from align.train.trainer import Trainer
-from bench.common import banner, model_path
+from bench.common import annotated_records, banner, model_path
 
 STEPS, LR = 10, 5e-7
 
@@ -51,22 +49,9 @@ def _config(precision: str):
 
 
 def _records(path: Path, cfg, n: int = 8) -> list[dict]:
-    recs = [
-        {
-            "id": f"r{i}",
-            "prompt": [{"role": "user", "content": f"What is {i} plus 3?"}],
-            "responses": [f"The answer is {i + 3}.", "I do not know, sorry."],
-            "rewards": [1.0, 0.0],
-        }
-        for i in range(n)
-    ]
-    for rec, (lp, cnt) in zip(
-        recs,
-        _ref_logps(load_model(path, device="cpu"), load_tokenizer(path), recs, cfg),
-        strict=True,
-    ):
-        rec["ref_logps"], rec["n_tokens"] = lp, cnt
-    return recs
+    return annotated_records(
+        path, cfg, lambda i: [f"The answer is {i + 3}.", "I do not know, sorry."], [1.0, 0.0], n
+    )
 
 
 def changed(

@@ -110,3 +110,27 @@ def threads() -> int:
 def banner(title: str) -> None:
     print(f"# {title}")
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} · torch {torch.__version__} · {threads()} threads")
+
+
+def annotated_records(
+    model_path: Path, cfg, responses: Callable[[int], list[str]], rewards: list[float], n: int
+) -> list[dict]:
+    """n arithmetic records ('What is i plus 3?') answered by `responses(i)` with `rewards`, and
+    their reference log-probs under the model at `model_path` (on the CPU), as annotate writes
+    them."""
+    from align.model.loading import load_model, load_tokenizer
+    from align.stages.annotate import _ref_logps
+
+    recs = [
+        {
+            "id": f"r{i}",
+            "prompt": [{"role": "user", "content": f"What is {i} plus 3?"}],
+            "responses": responses(i),
+            "rewards": list(rewards),
+        }
+        for i in range(n)
+    ]
+    model, tokenizer = load_model(model_path, device="cpu"), load_tokenizer(model_path)
+    for rec, (lp, cnt) in zip(recs, _ref_logps(model, tokenizer, recs, cfg), strict=True):
+        rec["ref_logps"], rec["n_tokens"] = lp, cnt
+    return recs

@@ -80,26 +80,15 @@ def _tiny() -> Path:
 
 def _annotated(cfg, n: int = 6) -> list[dict]:
     """n records, K=4 responses each with distinct rewards and reference log-probs."""
-    from align.model.loading import load_model, load_tokenizer
-    from align.stages.annotate import _ref_logps
+    from bench.common import annotated_records
 
-    recs = [
-        {
-            "id": f"r{i}",
-            "prompt": [{"role": "user", "content": f"What is {i} plus 3?"}],
-            "responses": [str(i + 3), f"The answer is {i + 3}", "I am not sure", "apples"],
-            "rewards": [1.25, 1.0, 0.0, -0.5],
-        }
-        for i in range(n)
-    ]
-    path = _tiny()
-    for rec, (lp, cnt) in zip(
-        recs,
-        _ref_logps(load_model(path, device="cpu"), load_tokenizer(path), recs, cfg),
-        strict=True,
-    ):
-        rec["ref_logps"], rec["n_tokens"] = lp, cnt
-    return recs
+    return annotated_records(
+        _tiny(),
+        cfg,
+        lambda i: [str(i + 3), f"The answer is {i + 3}", "I am not sure", "apples"],
+        [1.25, 1.0, 0.0, -0.5],
+        n,
+    )
 
 
 def _fresh_accelerator() -> None:

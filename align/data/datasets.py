@@ -57,16 +57,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def _local_rows(path: Path, name: str) -> list[dict]:
-    """The records of a local file, read as written: JSON values keep their types (a reward
-    "7" stays a string, to be refused, not coerced to 7); every record gets every column (None
-    where it has none)."""
+def check_local_file(path: Path, name: str) -> None:
+    """One line when the data file `name` is missing or of a kind we cannot read."""
     if not path.is_file():
         raise AlignError(f"data path {name!r} does not exist; run `make data` or fix it")
     if path.suffix not in LOCAL_SUFFIXES:
         raise AlignError(
             f"data path {name!r}: unsupported suffix; use one of {', '.join(LOCAL_SUFFIXES)}"
         )
+
+
+def _local_rows(path: Path, name: str) -> list[dict]:
+    """The records of a local file, read as written: JSON values keep their types (a reward
+    "7" stays a string, to be refused, not coerced to 7); every record gets every column (None
+    where it has none)."""
+    check_local_file(path, name)
     if path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 from align.config import DatasetConfig, PipelineConfig
 from align.core.errors import AlignError
 from align.data.datasets import (
-    LOCAL_SUFFIXES,
     check_columns,
+    check_local_file,
     json_record,
     json_rows,
     json_value,
@@ -60,12 +60,7 @@ def first_rows(ds: DatasetConfig, n: int = PEEK_ROWS) -> tuple[set[str], list[di
         columns = set(stream.column_names or []) or {k for r in rows for k in r}
         return columns, rows
     path = Path(ds.path)
-    if not path.is_file():
-        raise AlignError(f"data path {ds.path!r} does not exist; run `make data` or fix it")
-    if path.suffix not in LOCAL_SUFFIXES:
-        raise AlignError(
-            f"data path {ds.path!r}: unsupported suffix; use one of {', '.join(LOCAL_SUFFIXES)}"
-        )
+    check_local_file(path, ds.path)
     if path.suffix == ".parquet":
         try:
             handle = pq.ParquetFile(path)
