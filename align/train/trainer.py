@@ -67,15 +67,8 @@ UPO_KEYS = (
     "upo/value",
     "upo/aux_reward",
 )  # "loss" is the preference term
-LOG_KEYS = (
-    "loss",
-    "logps/chosen",
-    "logps/rejected",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margin",
-    "rewards/accuracy",
-)
+# the step's loss and the pair figures, averaged over the prompts with a preference (n_pref)
+LOG_KEYS = ("loss", *(k for k in PAIR_KEYS if k != "n_pref"))
 STEP_KEYS = ("loss", "counted", *PAIR_KEYS, "tokens", *UPO_KEYS)  # the sums a step accumulates
 
 
