@@ -44,8 +44,9 @@ def one(model: str, name: str, steps: int) -> dict:
     from align.config import validate_dict
     from align.core.runtime import prepare_process
     from align.model.shape import model_shape
+    from align.train.examples import Example
     from align.train.memory import estimate_train_memory
-    from align.train.trainer import Example, Trainer
+    from align.train.trainer import Trainer
     from bench.common import model_path
 
     prepare_process()

@@ -11,7 +11,8 @@ import torch
 from align.config import validate_dict
 from align.model.loading import load_model, load_tokenizer
 from align.model.logprobs import shared_prompt_logps
-from align.train.trainer import Example, Trainer
+from align.train.examples import Example
+from align.train.trainer import Trainer
 
 
 def encode_like_trl(tokenizer, row: dict) -> tuple[list[int], list[list[int]]]:

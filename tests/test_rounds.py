@@ -20,7 +20,7 @@ from align.config import load_pipeline
 from align.config.data import WindowConfig
 from align.core.errors import AlignError
 from align.core.io import sha256_tree
-from align.data.datasets import window_rows
+from align.data.datasets import window_positions
 from tests.conftest import REPO, venv_env
 
 PIPELINE = "pipelines/iterative-quickstart.yaml"
@@ -37,11 +37,11 @@ FAST = [
 
 def test_windows_are_fresh_seeded_slices() -> None:
     rows = list(range(10))
-    w = [window_rows(rows, WindowConfig(size=4, index=i, seed=3)) for i in range(3)]
-    assert w[0] == window_rows(rows, WindowConfig(size=4, index=0, seed=3))  # seeded
+    w = [window_positions(10, WindowConfig(size=4, index=i, seed=3)) for i in range(3)]
+    assert w[0] == window_positions(10, WindowConfig(size=4, index=0, seed=3))  # seeded
     assert not set(w[0]) & set(w[1])  # consecutive windows do not overlap
     assert len(set(w[0] + w[1] + w[2])) == 10  # the third wraps around: every row is used
-    assert sorted(window_rows(rows, WindowConfig(size=50, seed=0))) == rows
+    assert sorted(window_positions(10, WindowConfig(size=50, seed=0))) == rows
 
 
 @pytest.mark.parametrize(

@@ -9,141 +9,19 @@ A{i}_score, as in the NCA reward dataset), `pairs` (TRL prompt/chosen/rejected -
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import random
 import re
-from pathlib import Path
+from array import array
+from collections.abc import Iterator
 from typing import Any
 
 from align.config import DatasetConfig
 from align.config.data import WindowConfig
 from align.core.errors import AlignError
-
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-def _load_rows(ds: DatasetConfig) -> list[dict]:
-    if ds.path is not None:
-        rows = _local_rows(Path(ds.path), ds.path)
-    else:
-        import datasets
-
-        datasets.disable_progress_bars()
-        try:
-            table = datasets.load_dataset(ds.hf_dataset, split=ds.split, revision=ds.revision)
-            rows = table.to_list()
-        except Exception as exc:  # datasets raises many types for unreachable data
-            source = f"hf_dataset {ds.hf_dataset!r} split {ds.split!r}"
-            raise AlignError(f"cannot read {source}: {_first_line(exc)}") from None
-    rows = rows[: ds.limit] if ds.limit else rows
-    return window_rows(rows, ds.window) if ds.window else rows
-
-
-def window_rows(rows: list, window: WindowConfig) -> list:
-    """`window.size` rows of a permutation seeded by `window.seed`, starting at
-    `window.index * window.size` and wrapping around (all rows, permuted, when size >= len)."""
-    if not rows:
-        return rows
-    order = list(range(len(rows)))
-    random.Random(window.seed).shuffle(order)
-    start = window.index * window.size
-    take = min(window.size, len(rows))
-    return [rows[order[(start + i) % len(rows)]] for i in range(take)]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def check_local_file(path: Path, name: str) -> None:
-    """One line when the data file `name` is missing or of a kind we cannot read."""
-    if not path.is_file():
-        raise AlignError(f"data path {name!r} does not exist; run `make data` or fix it")
-    if path.suffix not in LOCAL_SUFFIXES:
-        raise AlignError(
-            f"data path {name!r}: unsupported suffix; use one of {', '.join(LOCAL_SUFFIXES)}"
-        )
-
-
-def _local_rows(path: Path, name: str) -> list[dict]:
-    """The records of a local file, read as written: JSON values keep their types (a reward
-    "7" stays a string, to be refused, not coerced to 7); every record gets every column (None
-    where it has none)."""
-    check_local_file(path, name)
-    if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except (pa.ArrowException, OSError) as exc:
-            raise AlignError(f"cannot read {name}: {_first_line(exc)}") from None
-    rows = json_rows(path, name)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    return [{k: row.get(k) for k in columns} for row in rows]
-
-
-def _check_storable(records: list[dict], what: str, source: str) -> None:
-    """The normalised records fit one Arrow table (the stages' shards are Arrow tables): every
-    column one type, every number storable."""
-    import pyarrow as pa
-
-    try:
-        pa.Table.from_pylist(records)
-    except (pa.ArrowException, OverflowError) as exc:
-        raise AlignError(
-            f"{what}: {source}: a column holds values of different types, or a number too large "
-            f"to store ({_first_line(exc)}); give each column one type in every record"
-        ) from None
-
-
-def json_value(text: str, name: str, number: int) -> Any:
-    """The JSON value of line `number` of file `name`; one line naming both when it is not
-    JSON (bounded: a 100000-deep array or a 5000-digit integer is refused, not a traceback)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise AlignError(
-            f"cannot read {name}: line {number}: not valid JSON ({_first_line(exc)}); fix or "
-            "drop the line"
-        ) from None
-
-
-def json_record(value: Any, name: str, where: str) -> dict:
-    """`value` when it is a record (a JSON object); else one line naming `where` in `name`."""
-    if not isinstance(value, dict):
-        raise AlignError(
-            f"cannot read {name}: {where}: a record must be a JSON object "
-            f'({{"prompt": ...}}), got {type(value).__name__}'
-        )
-    return value
-
-
-def json_rows(path: Path, name: str) -> list[dict]:
-    """JSON Lines (one object per line) or a JSON array of objects, strictly UTF-8."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise AlignError(
-            f"cannot read {name}: line {line}: byte 0x{data[exc.start]:02x} is not UTF-8; "
-            "save the file as UTF-8"
-        ) from None
-    if path.suffix == ".jsonl":
-        numbered = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
-    else:
-        numbered = [(1, text)] if text.strip() else []
-    rows: list = []
-    for number, line in numbered:
-        value = json_value(line, name, number)
-        rows.extend(value if path.suffix == ".json" and isinstance(value, list) else [value])
-    for i, row in enumerate(rows):
-        where = f"line {numbered[i][0]}" if path.suffix == ".jsonl" else f"item {i}"
-        json_record(row, name, where)
-    return rows
+from align.data.reading import BATCH_ROWS, dataset_rows, first_line
+from align.data.records import batched
 
 
 def as_messages(prompt: Any, where: str) -> list[dict]:
@@ -270,21 +148,98 @@ def normalise_row(row: dict, i: int, ds: DatasetConfig, where: str) -> dict:
     return rec
 
 
+def window_positions(n: int, window: WindowConfig) -> list[int]:
+    """The positions (of n records) in `window`: `window.size` of a permutation seeded by
+    `window.seed`, from `window.index * window.size` on, wrapping around (all n, permuted, when
+    size >= n)."""
+    order = list(range(n))
+    random.Random(window.seed).shuffle(order)
+    start = window.index * window.size
+    return [order[(start + i) % n] for i in range(min(window.size, n))]
+
+
+def _id_hash(record_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=8).digest(), "little")
+
+
+class RecordStream:
+    """The normalised records of one dataset section, read again from the source on every
+    iteration, so memory does not grow with the dataset. Making one reads the source through
+    once and checks every record (format, unique ids, one type per column), so bad data is
+    refused before any model work; `len()` is the number of records an iteration yields."""
+
+    def __init__(self, ds: DatasetConfig, system_prompt: str | None = None, what: str = "data"):
+        self.ds, self.system_prompt, self.what = ds, system_prompt, what
+        self.source = ds.path or ds.hf_dataset
+        # every record gets every column (None where it has none), as when read whole
+        self.columns = list(dict.fromkeys(k for row in dataset_rows(ds) for k in row))
+        total = self._check()
+        if total == 0:
+            raise AlignError(f"{what}: {self.source} holds no records")
+        self._window = window_positions(total, ds.window) if ds.window else None
+        self._len = total if self._window is None else len(self._window)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._window is None:
+            yield from self._records()
+            return
+        slot = {position: s for s, position in enumerate(self._window)}
+        picked: list[dict | None] = [None] * len(self._window)
+        for i, rec in enumerate(self._records()):
+            if i in slot:
+                picked[slot[i]] = rec
+        yield from (rec for rec in picked if rec is not None)
+
+    def _records(self) -> Iterator[dict]:
+        """Every record of the source, normalised, in file order."""
+        system = self.system_prompt
+        for i, row in enumerate(dataset_rows(self.ds)):
+            row = {k: row.get(k) for k in self.columns}
+            rec = normalise_row(row, i, self.ds, f"{self.what}: {self.source} record {i}")
+            if system and rec["prompt"][0]["role"] != "system":
+                rec["prompt"] = [{"role": "system", "content": system}, *rec["prompt"]]
+            yield rec
+
+    def _check(self) -> int:
+        """Normalise every record (raising on the first bad one), check that ids are unique (by
+        8-byte hashes: 8 MB for 1M records) and that each column keeps one type; the count."""
+        import numpy as np
+        import pyarrow as pa
+
+        hashes: array[int] = array("Q")
+        schema: pa.Schema | None = None
+        for batch in batched(self._records(), BATCH_ROWS):
+            hashes.extend(_id_hash(rec["id"]) for rec in batch)
+            try:
+                found = pa.Table.from_pylist(batch).schema
+                schema = (
+                    found
+                    if schema is None
+                    else pa.unify_schemas([schema, found], promote_options="permissive")
+                )
+            except (pa.ArrowException, OverflowError) as exc:
+                raise AlignError(
+                    f"{self.what}: {self.source}: a column holds values of different types, or "
+                    f"a number too large to store ({first_line(exc)}); give each column one "
+                    "type in every record"
+                ) from None
+        ordered = np.sort(np.frombuffer(hashes, dtype=np.uint64))
+        repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+        if len(repeated):
+            twice = int(repeated[0])
+            rid = next(r["id"] for r in self._records() if _id_hash(r["id"]) == twice)
+            raise AlignError(
+                f"{self.what}: {self.source}: duplicate id {rid!r}; ids must be unique"
+            )
+        return len(hashes)
+
+
 def load_records(
     ds: DatasetConfig, system_prompt: str | None = None, what: str = "data"
 ) -> list[dict]:
-    """Normalised records of one dataset section; errors name the source and the record."""
-    source = ds.path or ds.hf_dataset
-    rows = _load_rows(ds)
-    if not rows:
-        raise AlignError(f"{what}: {source} holds no records")
-    records = [normalise_row(r, i, ds, f"{what}: {source} record {i}") for i, r in enumerate(rows)]
-    seen: set[str] = set()
-    for rec in records:
-        if rec["id"] in seen:
-            raise AlignError(f"{what}: {source}: duplicate id {rec['id']!r}; ids must be unique")
-        seen.add(rec["id"])
-        if system_prompt and rec["prompt"][0]["role"] != "system":
-            rec["prompt"] = [{"role": "system", "content": system_prompt}, *rec["prompt"]]
-    _check_storable(records, what, source)
-    return records
+    """Normalised records of one dataset section, as a list (for the small ones: held-out
+    prompts, online training's prompts); errors name the source and the record."""
+    return list(RecordStream(ds, system_prompt, what))

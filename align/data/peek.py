@@ -12,36 +12,10 @@ import pyarrow.parquet as pq
 
 from align.config import DatasetConfig, PipelineConfig
 from align.core.errors import AlignError
-from align.data.datasets import (
-    check_columns,
-    check_local_file,
-    json_record,
-    json_rows,
-    json_value,
-    normalise_row,
-)
+from align.data.datasets import check_columns, normalise_row
+from align.data.reading import check_local_file, json_rows, jsonl_rows
 
 PEEK_ROWS = 8
-
-
-def _jsonl_rows(path: Path, n: int) -> list[dict]:
-    rows: list[dict] = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise AlignError(
-                    f"cannot read {path}: line {number}: byte 0x{raw[exc.start]:02x} is not "
-                    "UTF-8; save the file as UTF-8"
-                ) from None
-            if not line.strip():
-                continue
-            row = json_record(json_value(line, str(path), number), str(path), f"line {number}")
-            rows.append(row)
-            if len(rows) == n:
-                break
-    return rows
 
 
 def first_rows(ds: DatasetConfig, n: int = PEEK_ROWS) -> tuple[set[str], list[dict]]:
@@ -69,7 +43,12 @@ def first_rows(ds: DatasetConfig, n: int = PEEK_ROWS) -> tuple[set[str], list[di
         batch = next(handle.iter_batches(batch_size=n), None)
         return set(handle.schema_arrow.names), batch.to_pylist() if batch is not None else []
     # JSON Lines: only the first n lines; a JSON array is one document, read whole
-    rows = _jsonl_rows(path, n) if path.suffix == ".jsonl" else json_rows(path, str(path))[:n]
+    name = str(path)
+    rows = (
+        list(itertools.islice(jsonl_rows(path, name), n))
+        if path.suffix == ".jsonl"
+        else json_rows(path, name)[:n]
+    )
     return {k for r in rows for k in r}, rows
 
 

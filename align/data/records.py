@@ -11,7 +11,8 @@ A record is a dict with `id`, `prompt` (conversational messages), and after samp
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -81,13 +82,33 @@ def write_shard(path: Path, records: list[dict]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class ShardRecords:
+    """The records of a stage output folder, read a shard at a time on every iteration;
+    `len()` from the shards' footers."""
+
+    def __init__(self, folder: Path):
+        self.paths = sorted(folder.glob(SHARD_GLOB))
+
+    def __len__(self) -> int:
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.paths)
+
+    def __iter__(self) -> Iterator[dict]:
+        for path in self.paths:
+            yield from pq.read_table(path).to_pylist()
+
+
 def read_shards(folder: Path) -> list[dict]:
-    """All records of a stage output folder, shard by shard."""
-    records: list[dict] = []
-    for path in sorted(folder.glob(SHARD_GLOB)):
-        records.extend(pq.read_table(path).to_pylist())
-    return records
+    """All records of a stage output folder, as one list (for small outputs)."""
+    return list(ShardRecords(folder))
 
 
 def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` consecutive items of a stream (the last may be shorter): `chunks`
+    without holding the stream."""
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch

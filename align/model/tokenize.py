@@ -8,9 +8,12 @@ tokens plus the end-of-turn token, cut to fit `train.max_length`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from transformers import PreTrainedTokenizerBase
 
 from align.core.errors import AlignError
+from align.data.records import batched
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
@@ -50,17 +53,20 @@ def encode_record(
 
 
 def check_prompt_lengths(
-    tokenizer: PreTrainedTokenizerBase, records: list[dict], max_prompt_length: int, where: str
+    tokenizer: PreTrainedTokenizerBase, records: Iterable[dict], max_prompt_length: int, where: str
 ) -> None:
     """Refuse the first record whose templated prompt is longer than `max_prompt_length` tokens
-    (`where` names the data source, e.g. 'data.train: data/x.jsonl')."""
-    texts = [prompt_text(tokenizer, r["prompt"]) for r in records]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
-    for i, (rec, n) in enumerate(zip(records, lengths, strict=True)):
-        if n > max_prompt_length:
-            raise AlignError(
-                f"{where} record {i} (id {rec['id']}): the prompt is {n} tokens, over "
-                f"train.max_prompt_length {max_prompt_length}; raise train.max_prompt_length "
-                "(and train.max_length), shorten or drop the record, or set "
-                "train.prompt_overflow: keep_end to cut long prompts from the left"
-            )
+    (`where` names the data source, e.g. 'data.train: data/x.jsonl'); a batch at a time."""
+    start = 0
+    for batch in batched(records, 512):
+        texts = [prompt_text(tokenizer, r["prompt"]) for r in batch]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
+        for i, (rec, n) in enumerate(zip(batch, lengths, strict=True), start):
+            if n > max_prompt_length:
+                raise AlignError(
+                    f"{where} record {i} (id {rec['id']}): the prompt is {n} tokens, over "
+                    f"train.max_prompt_length {max_prompt_length}; raise train.max_prompt_length "
+                    "(and train.max_length), shorten or drop the record, or set "
+                    "train.prompt_overflow: keep_end to cut long prompts from the left"
+                )
+        start += len(batch)

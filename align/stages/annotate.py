@@ -4,6 +4,8 @@ for every response, in shards.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -11,8 +13,8 @@ from tqdm.auto import tqdm
 
 from align.config import PipelineConfig
 from align.core.errors import AlignError
-from align.data.datasets import load_records
-from align.data.records import RESERVED, chunks, read_shards, write_shard_by_units
+from align.data.datasets import RecordStream
+from align.data.records import RESERVED, ShardRecords, batched, chunks, write_shard_by_units
 from align.model.loading import (
     load_model,
     load_tokenizer,
@@ -45,7 +47,7 @@ def _ref_logps(
     return out
 
 
-def _check_k(cfg: PipelineConfig, records: list[dict]) -> None:
+def _check_k(cfg: PipelineConfig, records: Iterable[dict]) -> None:
     """Dataset responses: every record needs the K the loss asks for (sampling checks sample.k
     at validation)."""
     spec = cfg.train.loss
@@ -74,11 +76,14 @@ def _score(scorer: Scorer, shard: list[dict]) -> None:
 
 
 def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
+    """Annotate the sampled records (or data.train's K-wise records) a shard at a time: memory
+    holds one shard, whatever the dataset's size."""
     ac = cfg.annotate
+    records: RecordStream | ShardRecords
     if cfg.sample is not None:
-        records = read_shards(Path(cfg.runs_dir) / cfg.name / "sample")
+        records = ShardRecords(Path(cfg.runs_dir) / cfg.name / "sample")
     else:
-        records = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
+        records = RecordStream(cfg.data.train, cfg.data.system_prompt, "data.train")
         _check_k(cfg, records)
     path = upstream["prepare-model"]["summary"]["reference"]["path"]
     tokenizer = load_tokenizer(path, "reference")
@@ -86,7 +91,6 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
     device = stage_device(cfg)
     scorer = None if ac.reward.from_data else Scorer(ac.reward, "annotate.reward", device=device)
     model = load_model(path, cfg.model.dtype, device=device)
-    shards = chunks(records, cfg.sample.shard_size if cfg.sample else 256)
     bar = tqdm(total=len(records), desc="annotate", unit="prompt")
 
     def annotate(shard: list[dict], _index: int) -> list[dict]:
@@ -105,20 +109,28 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
                 )
         return shard
 
-    # a unit is one reference forward batch (what _ref_logps batches), kept as it finishes
-    k = max(len(r["responses"]) for r in records)
-    unit = max(1, ac.batch_size // k)
-    for si, shard in enumerate(shards):
+    for si, shard in enumerate(batched(records, cfg.sample.shard_size if cfg.sample else 256)):
+        # a unit is one reference forward batch (what _ref_logps batches), kept as it finishes
+        unit = max(1, ac.batch_size // max(len(r["responses"]) for r in shard))
         write_shard_by_units(out, si, chunks(shard, unit), annotate, bar.update)
     bar.close()
-    annotated = read_shards(out)
-    rewards = [x for r in annotated for x in r["rewards"]]
-    aux = [x for r in annotated for x in r.get("aux_rewards") or []]
+    summary = {"records": len(records), **_reward_summary(ShardRecords(out))}
+    return {**summary, "device": str(device)}, []
+
+
+def _reward_summary(annotated: Iterable[dict]) -> dict:
+    """Mean, min and max of every response's reward (and UPO's aux reward mean), streamed."""
+    n = total = aux_n = aux_total = 0.0
+    low, high = math.inf, -math.inf
+    for rec in annotated:
+        rewards = rec["rewards"]
+        n, total = n + len(rewards), total + sum(rewards)
+        low, high = min(low, *rewards), max(high, *rewards)
+        aux = rec.get("aux_rewards") or []
+        aux_n, aux_total = aux_n + len(aux), aux_total + sum(aux)
     return {
-        "records": len(records),
-        "reward_mean": sum(rewards) / len(rewards),
-        "reward_min": min(rewards),
-        "reward_max": max(rewards),
-        **({"aux_reward_mean": sum(aux) / len(aux)} if aux else {}),
-        "device": str(device),
-    }, []
+        "reward_mean": total / n,
+        "reward_min": low,
+        "reward_max": high,
+        **({"aux_reward_mean": aux_total / aux_n} if aux_n else {}),
+    }

@@ -4,6 +4,8 @@ refusing over-long prompts before any model work.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from align.config import PipelineConfig
@@ -21,6 +23,6 @@ def train_source(cfg: PipelineConfig) -> str:
     return f"data.train: {cfg.data.train.path or cfg.data.train.hf_dataset}"
 
 
-def check_prompts(cfg: PipelineConfig, tokenizer, records: list[dict]) -> None:
+def check_prompts(cfg: PipelineConfig, tokenizer, records: Iterable[dict]) -> None:
     if cfg.train.prompt_overflow == "error":
         check_prompt_lengths(tokenizer, records, cfg.train.max_prompt_length, train_source(cfg))

@@ -6,6 +6,7 @@ first batch it had not finished (records.write_shard_by_units).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from functools import partial
 from pathlib import Path
@@ -13,8 +14,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from align.config import PipelineConfig
-from align.data.datasets import load_records
-from align.data.records import chunks, write_shard_by_units
+from align.data.datasets import RecordStream
+from align.data.records import batched, chunks, write_shard_by_units
 from align.generate.hf import generate
 from align.model.loading import (
     load_model,
@@ -25,7 +26,7 @@ from align.stages.common import check_prompts, stage_device
 
 def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
     sc = cfg.sample
-    records = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
+    records = RecordStream(cfg.data.train, cfg.data.system_prompt, "data.train")
     path = upstream["prepare-model"]["summary"]["policy"]["path"]
     tokenizer = load_tokenizer(path)
     check_prompts(cfg, tokenizer, records)  # before generating: annotate would refuse them
@@ -42,12 +43,11 @@ def sample_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tupl
 
 
 def _sample_shards(
-    cfg: PipelineConfig, out: Path, records, tokenizer, sample, device
+    cfg: PipelineConfig, out: Path, records: RecordStream, tokenizer, sample, device
 ) -> tuple[dict, list]:
     """Sample every shard not yet written with `sample` (the HF or vLLM `generate`) on
-    `device` (reported in the summary)."""
+    `device` (reported in the summary); one shard of prompts in memory at a time."""
     sc = cfg.sample
-    shards = chunks(records, sc.shard_size)
     started, new_tokens = time.perf_counter(), 0
     bar = tqdm(total=len(records), desc="sample", unit="prompt")
 
@@ -68,7 +68,7 @@ def _sample_shards(
             for r, t, f in zip(batch, texts, finished, strict=True)
         ]
 
-    for si, shard in enumerate(shards):
+    for si, shard in enumerate(batched(records, sc.shard_size)):
         write_shard_by_units(
             out, si, chunks(shard, sc.batch_prompts), partial(draw, si), bar.update
         )
@@ -77,7 +77,7 @@ def _sample_shards(
     return {
         "prompts": len(records),
         "k": sc.k,
-        "shards": len(shards),
+        "shards": math.ceil(len(records) / sc.shard_size),
         "new_tokens": new_tokens,
         "tokens_per_s": round(new_tokens / seconds, 1) if new_tokens else None,
         "device": f"{device} (vllm)" if sc.backend == "vllm" else str(device),

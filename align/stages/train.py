@@ -13,7 +13,7 @@ from align.config import PipelineConfig, validate_dict
 from align.core.errors import AlignError
 from align.core.io import atomic_write_text, read_json
 from align.data.datasets import load_records
-from align.data.records import read_shards
+from align.data.records import ShardRecords
 from align.stages.model_card import write_model_card
 
 
@@ -55,7 +55,7 @@ def train_offline(cfg: PipelineConfig, policy: Path, out: Path, stage_hash: str)
 
     torch.manual_seed(cfg.train.seed)
     source = "rewrite" if cfg.rewrite is not None else "annotate"  # BMC: the rewritten pairs
-    records = read_shards(Path(cfg.runs_dir) / cfg.name / source)
+    records = ShardRecords(Path(cfg.runs_dir) / cfg.name / source)  # streamed, a shard at a time
     return Trainer(cfg, policy, records, out, stage_hash).train()
 
 

@@ -32,8 +32,8 @@ LogpsFn = Callable[[list[tuple[list[int], list[list[int]]]]], tuple[Tensor, Tens
 
 def probe_indices(n: int, records: int, seed: int) -> list[int]:
     """A fixed, seeded, sorted sample of min(records, n) indices out of n."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(order[: min(records, n)])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[: min(records, n)].tolist())
 
 
 def probe_figures(

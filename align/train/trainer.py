@@ -27,20 +27,21 @@ Checkpoints and resume are align/train/checkpoint.py; the loss and its parameter
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from accelerate import DistributedType
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedModel, get_scheduler
 
 from align.config import PipelineConfig
 from align.config.accelerate import SHARDED
-from align.config.losses import LossParams, UPOParams
+from align.config.losses import UPOParams
 from align.core.errors import AlignError
 from align.core.io import atomic_dir, atomic_write_json, atomic_write_text
 from align.core.transfer import to_device
@@ -51,9 +52,9 @@ from align.model.logprobs import (
     shared_prompt_logps,
     shared_prompt_token_logps,
 )
-from align.model.tokenize import encode_record
 from align.train import checkpoint, finite, trackers
 from align.train.bmc import bmc_batch_logps
+from align.train.examples import EXAMPLES_FILE, Example, ExampleStore, write_examples
 from align.train.losses import counting_rows, kwise_loss
 from align.train.placement import load_device, make_accelerator
 from align.train.precision import MasterWeights, weights_dtype
@@ -72,77 +73,20 @@ LOG_KEYS = ("loss", *(k for k in PAIR_KEYS if k != "n_pref"))
 STEP_KEYS = ("loss", "counted", *PAIR_KEYS, "tokens", *UPO_KEYS)  # the sums a step accumulates
 
 
-@dataclass
-class Example:
-    prompt: list[int]
-    responses: list[list[int]]
-    rewards: list[float]
-    ref_logps: list[float]
-    diff_masks: list[list[int]] | None = None  # BMC: from the rewrite stage, one per response
-    ref_token_logps: list[list[float]] | None = None  # BMC: reference log-prob of each token
-    aux_rewards: list[float] | None = None  # UPO: R = sum_i w_i r_i per response (annotate)
-
-
-def build_examples(
-    records: list[dict], tokenizer: PreTrainedTokenizerBase, cfg: PipelineConfig
-) -> list[Example]:
-    """Tokenise annotated records; checks K against the loss's minimum."""
-    spec = cfg.train.loss
-    examples = []
-    for rec in records:
-        if "ref_logps" not in rec:
-            raise AlignError(f"record {rec['id']}: no ref_logps; re-run the annotate stage")
-        if len(rec["responses"]) < spec.min_k:
-            raise AlignError(
-                f"record {rec['id']}: {len(rec['responses'])} responses but loss "
-                f"{spec.name!r} needs K >= {spec.min_k}"
-            )
-        prompt, responses = encode_record(
-            tokenizer, rec, cfg.train.max_length, cfg.train.max_prompt_length
-        )
-        _check_extras(rec, spec, [len(r) for r in responses])
-        examples.append(
-            Example(
-                prompt,
-                responses,
-                rec["rewards"],
-                rec["ref_logps"],
-                rec.get("diff_masks"),
-                rec.get("ref_token_logps"),
-                rec.get("aux_rewards"),
-            )
-        )
-    if not examples:
-        raise AlignError("train: the annotated data holds no records")
-    return examples
-
-
-def _check_extras(rec: dict, spec: LossParams, lengths: list[int]) -> None:
-    """BMC records need diff masks and per-token reference log-probs that cover exactly the
-    response tokens; UPO records need aux rewards."""
-    if spec.token_weights == "bmc":
-        for key in ("diff_masks", "ref_token_logps"):
-            stored = rec.get(key)
-            if stored is None or [len(x) for x in stored] != lengths:
-                raise AlignError(
-                    f"record {rec['id']}: {key} missing or not matching the response tokens "
-                    f"{lengths}; loss {spec.name!r} trains on the rewrite stage's output: "
-                    "re-run `align stage <pipeline> rewrite`"
-                )
-    if spec.kind == "upo" and rec.get("aux_rewards") is None:
-        raise AlignError(
-            f"record {rec['id']}: no aux_rewards; loss 'upo' needs train.aux_rewards computed "
-            "by annotate: re-run the annotate stage"
-        )
+@functools.lru_cache(maxsize=2)  # this epoch's and the next: a step may straddle them
+def _epoch_order(n: int, seed: int) -> torch.Tensor:
+    """The seeded permutation [n] of one epoch (8 bytes per example, drawn once per epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 def step_indices(step: int, n: int, per_step: int, seed: int) -> list[int]:
-    """Dataset indices of optimizer step `step`: a window on the stream of seeded permutations."""
+    """Dataset indices of optimizer step `step`: a window on the stream of seeded permutations
+    (epoch e's is `randperm(n)` seeded by seed + e)."""
     start, out = step * per_step, []
     while len(out) < per_step:
         epoch, offset = divmod(start + len(out), n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        out.extend(perm[offset : offset + per_step - len(out)])
+        perm = _epoch_order(n, seed + epoch)
+        out.extend(perm[offset : offset + per_step - len(out)].tolist())
     return out
 
 
@@ -211,11 +155,20 @@ class Trainer:
     progress = "train"  # the progress bar's label
 
     def __init__(
-        self, cfg: PipelineConfig, model_path: Path, records: list[dict], out: Path, stage_hash: str
+        self,
+        cfg: PipelineConfig,
+        model_path: Path,
+        records: Iterable[dict],
+        out: Path,
+        stage_hash: str,
     ):
         self._start(cfg, out, stage_hash)
         self.tokenizer = load_tokenizer(model_path)
-        self.examples = build_examples(records, self.tokenizer, cfg)
+        store = out / EXAMPLES_FILE
+        with self.acc.local_main_process_first():  # one process a machine tokenises
+            if self.acc.is_local_main_process:
+                write_examples(records, self.tokenizer, cfg, store)
+        self.examples: ExampleStore | list[Example] = ExampleStore(store)
         model = trainable_policy(
             load_model(
                 model_path, self.weights_dtype, self.tc.attention, device=load_device(self.acc)
@@ -602,6 +555,8 @@ class Trainer:
     def finish(self) -> dict:
         """Save the final model (LoRA merged), metrics.json and curves.csv."""
         self.acc.wait_for_everyone()
+        if self.acc.is_local_main_process:  # the tokenised examples were only for training
+            (self.out / EXAMPLES_FILE).unlink(missing_ok=True)
         # sharded weights are gathered by every process; LoRA is never sharded (align.config)
         sharded = self.acc.distributed_type in SHARDED
         weights = self.acc.get_state_dict(self.model) if sharded else None
