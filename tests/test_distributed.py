@@ -62,6 +62,10 @@ def test_two_processes_follow_the_one_process_trajectory(project: Path) -> None:
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-4, msg=name)
     assert metrics == json.loads((project / "two/metrics.json").read_text())
     assert not (project / "two/.launch.json").exists()
+    assert not (project / "two/examples.arrow").exists()  # the tokenised examples are scratch
+    last = sorted((project / "two/checkpoints").glob("step-*"))[-1]
+    saved = torch.load(last / "optimizer.pt", weights_only=True)
+    assert len(saved["rng_ranks"]) == 2  # each process resumes its own generator
 
 
 def test_bad_input_in_a_launched_process_fails_here_in_one_line(project: Path) -> None:

@@ -85,6 +85,20 @@ def test_checkpoints_carry_the_cuda_rng_where_cuda_is_present(
     assert [[t.tolist() for t in r] for r in restored] == [[[1, 2, 3], [4]]]
 
 
+def test_each_process_resumes_its_own_rng_stream() -> None:
+    torch.manual_seed(1)
+    first = torch.get_rng_state()
+    torch.manual_seed(2)
+    second = torch.get_rng_state()
+    state = {"rng": first, "rng_ranks": [{"rng": first}, {"rng": second}]}
+    checkpoint.restore_rng(state, 1)
+    assert torch.equal(torch.get_rng_state(), second)
+    checkpoint.restore_rng(state, 0)
+    assert torch.equal(torch.get_rng_state(), first)
+    checkpoint.restore_rng({"rng": second}, 3)  # one process's checkpoint: the main stream
+    assert torch.equal(torch.get_rng_state(), second)
+
+
 def test_without_cuda_the_checkpoint_has_no_gpu_state(project: Path) -> None:
     trainer = _trainer(project)
     trainer.step = 1

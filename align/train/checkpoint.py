@@ -67,9 +67,24 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    """Set the generators `rng_state` saved; a checkpoint written with CUDA restores the GPU
+def process_rng_states(acc: Accelerator) -> dict[str, Any]:
+    """`rng_state()` of this process and, when several processes train, every process's in
+    rank order under `rng_ranks` (collective: every process calls it). Each process's dropout
+    draws as many numbers as its own batches' shapes ask for, so the streams part ways."""
+    state = rng_state()
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        state["rng_ranks"] = gather_object([rng_state()])
+    return state
+
+
+def restore_rng(state: dict[str, Any], rank: int = 0) -> None:
+    """Set the generators `process_rng_states` saved, process `rank`'s own when the checkpoint
+    has them (else the main process's); a checkpoint written with CUDA restores the GPU
     generators when CUDA is present (a CPU-only resume of a GPU run keeps the CPU stream)."""
+    ranks = state.get("rng_ranks") or []
+    state = ranks[rank] if rank < len(ranks) else state
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -98,7 +113,7 @@ def save_checkpoint(
     """Write the checkpoint of `step` (main process only) and delete all but the newest `keep`.
 
     weights: `trainable_weights`; training_state: what `optimizer.pt` holds (optimizer and
-    scheduler state dicts and `rng_state()`)."""
+    scheduler state dicts and `process_rng_states()`)."""
     with atomic_dir(checkpoint_dir(out, step)) as tmp:
         save_file(weights, tmp / "trainable.safetensors")
         save_value_head(acc, value_head, tmp)
@@ -194,7 +209,7 @@ def load_fsdp_checkpoint(
         load_fsdp_optimizer(plugin, acc, optimizer, model, ckpt / SHARDS)
     state = torch.load(ckpt / "optimizer.pt", weights_only=True)
     scheduler.load_state_dict(state["scheduler"])
-    restore_rng(state)
+    restore_rng(state, acc.process_index)
 
 
 def checkpoint_step(ckpt: Path, stage_hash: str) -> int:
@@ -252,7 +267,7 @@ def load_checkpoint(
         state = torch.load(ckpt / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state)
+        restore_rng(state, acc.process_index)
     except Exception as exc:  # safetensors, pickle and shape errors all mean: unusable
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise AlignError(

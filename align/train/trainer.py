@@ -255,11 +255,12 @@ class Trainer:
                 optimizer=self.optimizer,
                 training_state={
                     "scheduler": self.scheduler.state_dict(),
-                    **checkpoint.rng_state(),
+                    **checkpoint.process_rng_states(self.acc),
                 },
             )
             return
         weights = checkpoint.trainable_weights(self.acc, self.model, self.master)
+        rng = checkpoint.process_rng_states(self.acc)  # collective: before the others return
         if not self.acc.is_main_process:
             return
         checkpoint.save_checkpoint(
@@ -273,7 +274,7 @@ class Trainer:
             training_state={
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                **checkpoint.rng_state(),
+                **rng,
             },
         )
 
