@@ -157,7 +157,7 @@ def test_value_head_checkpoint_round_trip_and_bit_exact_resume(project: Path) ->
     whole.train()
 
     first = _trainer([], model, records, project / "resumed")
-    first.out.mkdir(parents=True)
+    first.out.mkdir(parents=True, exist_ok=True)
     with open(first.out / "log.jsonl", "a") as f:
         f.write(json.dumps({"step": 1, **first.train_step(), "tokens_per_s": 0.0}) + "\n")
     first.step = 1
