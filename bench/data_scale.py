@@ -71,13 +71,13 @@ def write_annotated(folder: Path, data: Path, shard_size: int = 256, seed: int =
             write_shard(shard_path(folder, si), shard)
 
 
-def config(work: Path, data: Path, model: Path, name: str = "scale"):
+def config(data: Path, model: Path, name: str = "scale"):
     from align.config import validate_dict
 
     return validate_dict(
         {
             "name": name,
-            "runs_dir": "runs",  # the phase runs in `work`: outputs stay inside its project
+            "runs_dir": "runs",  # each phase runs in its work folder: outputs stay inside it
             "model": {"policy": str(model), "device": "cpu"},
             "data": {"train": {"path": str(data), "format": "kwise"}},
             "annotate": {"reward": {"from_data": True}, "batch_size": 256},
@@ -106,18 +106,18 @@ def run_phase(phase: str, work: Path) -> dict:
     if phase == "read":
         from align.data.datasets import RecordStream
 
-        cfg = config(work, work / "data.jsonl", model)
+        cfg = config(work / "data.jsonl", model)
         count = sum(1 for _ in RecordStream(cfg.data.train, None, "data.train"))
     elif phase == "annotate":
         from align.stages.annotate import annotate_stage
 
-        cfg = config(work, work / "annotate.jsonl", model)
+        cfg = config(work / "annotate.jsonl", model)
         upstream = {"prepare-model": {"summary": {"reference": {"path": str(model)}}}}
         count = annotate_stage(cfg, work / "runs/scale/annotate", upstream, "bench")[0]["records"]
     else:
         from align.stages.train import train_offline
 
-        cfg = config(work, work / "data.jsonl", model, name="scale-train")
+        cfg = config(work / "data.jsonl", model, name="scale-train")
         count = train_offline(cfg, model, work / "runs/scale-train/train", "bench")["examples"]
     return {
         "records": count,

@@ -1,19 +1,17 @@
 """Checking a dataset before any model loads: its columns and its first records, read the cheap
-way (the first lines of a JSONL file, the first batch of a Parquet file, the first rows of a
-streamed hub dataset), then normalised exactly as a run would (`datasets.normalise_row`).
+way (local files through the run's own reader, `reading.dataset_rows`, stopped after the first
+rows; the first rows of a streamed hub dataset), then normalised exactly as a run would
+(`datasets.normalise_row`).
 """
 
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from align.config import DatasetConfig, PipelineConfig
 from align.core.errors import AlignError
 from align.data.datasets import check_columns, normalise_row
-from align.data.reading import check_local_file, json_rows, jsonl_rows
+from align.data.reading import dataset_rows, first_line
 
 PEEK_ROWS = 8
 
@@ -27,28 +25,13 @@ def first_rows(ds: DatasetConfig, n: int = PEEK_ROWS) -> tuple[set[str], list[di
             stream = datasets.load_dataset(ds.hf_dataset, split=ds.split, streaming=True)
             rows = [dict(r) for r in itertools.islice(stream, n)]
         except Exception as exc:  # datasets raises many types for unreadable or unreachable data
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise AlignError(
-                f"cannot read hf_dataset {ds.hf_dataset!r} split {ds.split!r}: {first}"
+                f"cannot read hf_dataset {ds.hf_dataset!r} split {ds.split!r}: {first_line(exc)}"
             ) from None
         columns = set(stream.column_names or []) or {k for r in rows for k in r}
         return columns, rows
-    path = Path(ds.path)
-    check_local_file(path, ds.path)
-    if path.suffix == ".parquet":
-        try:
-            handle = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow: ArrowInvalid, OSError
-            raise AlignError(f"cannot read {path}: {exc}") from None
-        batch = next(handle.iter_batches(batch_size=n), None)
-        return set(handle.schema_arrow.names), batch.to_pylist() if batch is not None else []
-    # JSON Lines: only the first n lines; a JSON array is one document, read whole
-    name = str(path)
-    rows = (
-        list(itertools.islice(jsonl_rows(path, name), n))
-        if path.suffix == ".jsonl"
-        else json_rows(path, name)[:n]
-    )
+    # local files as a run reads them, stopped after n rows (a .json document is read whole)
+    rows = list(itertools.islice(dataset_rows(ds), n))
     return {k for r in rows for k in r}, rows
 
 

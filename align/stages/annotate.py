@@ -91,7 +91,8 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
     device = stage_device(cfg)
     scorer = None if ac.reward.from_data else Scorer(ac.reward, "annotate.reward", device=device)
     model = load_model(path, cfg.model.dtype, device=device)
-    bar = tqdm(total=len(records), desc="annotate", unit="prompt")
+    total = len(records)
+    bar = tqdm(total=total, desc="annotate", unit="prompt")
 
     def annotate(shard: list[dict], _index: int) -> list[dict]:
         if scorer is not None:
@@ -114,8 +115,7 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
         unit = max(1, ac.batch_size // max(len(r["responses"]) for r in shard))
         write_shard_by_units(out, si, chunks(shard, unit), annotate, bar.update)
     bar.close()
-    summary = {"records": len(records), **_reward_summary(ShardRecords(out))}
-    return {**summary, "device": str(device)}, []
+    return {"records": total, **_reward_summary(ShardRecords(out)), "device": str(device)}, []
 
 
 def _reward_summary(annotated: Iterable[dict]) -> dict:

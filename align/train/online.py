@@ -161,7 +161,7 @@ class OnlineTrainer(Trainer):
         local = self.tc.batch_size * self.tc.grad_accum
         w_y, w_opp = mixture_weights(self.loss)
         stats = StepStats(STEP_KEYS, self.acc.device)
-        micro_batches = self._micro_batches()
+        micro_batches = self._micro_batches(self._step_examples())
         for m, idx in enumerate(micro_batches):
             b = len(idx)
             seeds = self._seeds(m, b)

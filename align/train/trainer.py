@@ -315,19 +315,20 @@ class Trainer:
         )
 
     # ---- one optimizer step --------------------------------------------------------------
-    def _micro_batches(self) -> list[list[Example]]:
+    def _step_examples(self) -> list:
+        """The examples of this optimizer step, every process's, read once per step."""
         idx = step_indices(self.step, len(self.examples), self.per_step, self.tc.seed)
-        b, w, r = self.tc.batch_size, self.acc.num_processes, self.acc.process_index
-        micro = [
-            idx[m * b * w : (m + 1) * b * w][r * b : (r + 1) * b] for m in range(self.tc.grad_accum)
-        ]
-        return [[self.examples[i] for i in m] for m in micro]
+        return [self.examples[i] for i in idx]
 
-    def _counted_rows(self) -> torch.Tensor:
-        """How many prompts of this optimizer step (all processes) take part in the loss, at
-        least 1: a 0-d tensor on the CPU, computed from the rewards alone (no device read)."""
-        idx = step_indices(self.step, len(self.examples), self.per_step, self.tc.seed)
-        _, rewards, _, mask = collate([self.examples[i] for i in idx])
+    def _micro_batches(self, step: list) -> list[list]:
+        """This process's micro-batches of the step's examples `step` (`_step_examples`)."""
+        b, w, r = self.tc.batch_size, self.acc.num_processes, self.acc.process_index
+        return [step[m * b * w :][r * b : (r + 1) * b] for m in range(self.tc.grad_accum)]
+
+    def _counted_rows(self, step: list[Example]) -> torch.Tensor:
+        """How many prompts of the step's examples `step` (all processes) take part in the
+        loss, at least 1: a 0-d tensor on the CPU, from the rewards alone (no device read)."""
+        _, rewards, _, mask = collate(step)
         return counting_rows(self.pref_loss, rewards, mask).sum().clamp_min(1).double()
 
     @property
@@ -412,10 +413,11 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         local = self.tc.batch_size * self.tc.grad_accum
         world = self.acc.num_processes
-        counted = to_device(self._counted_rows(), self.acc.device)
+        step = self._step_examples()
+        counted = to_device(self._counted_rows(step), self.acc.device)
         stats = StepStats(STEP_KEYS, self.acc.device)
         stats.add("counted", counted / world)  # every process adds its share of the same count
-        micro_batches = self._micro_batches()
+        micro_batches = self._micro_batches(step)
         for m, batch in enumerate(micro_batches):
             pairs, rewards, ref, mask = collate(batch)
             with self._accumulating(m == len(micro_batches) - 1), self.acc.autocast():
