@@ -138,6 +138,40 @@ def placement(ctx: Context) -> tuple[str, str]:
     return verdict(ok), f"{setting}; " + ", ".join(figures)
 
 
+@check("stage_workers")
+def stage_workers(ctx: Context) -> tuple[str, str]:
+    """annotate.processes: two spawned workers (on one GPU both are given GPU 0) each place the
+    reference on the device they were given and write the log-probs the one-process run does."""
+    from unittest import mock
+
+    from align.data.records import read_shards
+    from align.pipeline.graph import plan, stage_folder
+    from align.pipeline.run import run_stage
+
+    device = "cuda" if ctx.cuda else "cpu"
+    runs = []
+    # one GPU listed twice: the worker machinery (spawn, CUDA_VISIBLE_DEVICES) on one card
+    with mock.patch("align.core.device.visible_gpus", return_value=["0", "0"]):
+        for workers in (1, 2):
+            cfg = _cfg(
+                "quickstart.yaml",
+                f"model.device={device}",
+                f"runs_dir=runs-workers-{workers}",
+                "sample.shard_size=1",
+                f"annotate.processes={workers}",
+            )
+            manifests = {p.name: run_stage(cfg, p.name)[0] for p in plan(cfg)[:3]}
+            runs.append((read_shards(stage_folder(cfg, "annotate")), manifests["annotate"]))
+    (one, _), (two, manifest) = runs
+    if [(r["id"], r["responses"]) for r in one] != [(r["id"], r["responses"]) for r in two]:
+        return "FAIL", "the two runs sampled different responses (sampling is not deterministic)"
+    pairs = [(a["ref_logps"], b["ref_logps"]) for a, b in zip(one, two, strict=True)]
+    gap = max(abs(x - y) for a, b in pairs for x, y in zip(a, b, strict=True))
+    where = manifest["summary"]["device"]
+    ok = len(one) == 4 and gap < 1e-5 and where.startswith("2 workers")
+    return verdict(ok), f"{where}; largest log-prob gap to one process {gap:.1e}, peak {_peak()}"
+
+
 @check("bf16_fp32_masters")
 def bf16_masters(ctx: Context) -> tuple[str, str]:
     """model.dtype bfloat16 without LoRA at lr 5e-7: fp32 weights and AdamW state, and 3 steps

@@ -1,28 +1,41 @@
-"""Data at scale: records are streamed (RecordStream, ShardRecords) and training examples live in
-a memory-mapped Arrow file (ExampleStore) whose rows read back exactly as they were built.
+"""Data at scale: records are streamed (RecordStream, ShardRecords), training examples and online
+prompts live in memory-mapped Arrow files (ExampleStore, ArrowRows) whose rows read back exactly
+as they were built, and BMC's rewrite stage holds one shard of pairs at a time.
 
 Files here are larger than one read batch (1024 rows), so every check crosses batch boundaries.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import weakref
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from align.config import DatasetConfig, validate_dict
+from align.config import DatasetConfig, load_pipeline, validate_dict
 from align.config.data import WindowConfig
 from align.core.errors import AlignError
 from align.data.datasets import RecordStream, load_records, window_positions
 from align.data.reading import BATCH_ROWS
-from align.data.records import ShardRecords, write_shard
+from align.data.records import ShardRecords, read_shards, write_shard
+from align.llm.fake import ScriptedBackend
+from align.model.loading import resolve_model
 from align.model.tiny import build_tiny_tokenizer
-from align.model.tokenize import check_prompt_lengths, encode_record
+from align.model.tokenize import check_prompt_lengths, encode_prompt, encode_record
+from align.stages import rewrite
 from align.stages.annotate import _reward_summary
-from align.train.examples import ExampleStore, build_example, write_examples
+from align.train.examples import (
+    EXAMPLES_FILE,
+    ArrowRows,
+    ExampleStore,
+    build_example,
+    write_examples,
+)
+from align.train.online import OnlineTrainer, prompt_row
 
 N = BATCH_ROWS * 2 + 100
 
@@ -113,8 +126,9 @@ def test_prompt_lengths_name_the_record_past_the_first_batch() -> None:
         check_prompt_lengths(tok, iter(records), 64, "data.train: x")
 
 
-def _config(**loss):
-    bmc = {"rewrite": {"method": "bmc", "backend": {"kind": "local", "model": "embedded"}}}
+def _config(rewrite: dict | None = None, **loss):
+    backend = {"kind": "local", "model": "embedded"}
+    bmc = {"rewrite": {"method": "bmc", "backend": backend, **(rewrite or {})}}
     return validate_dict(
         {
             **(bmc if loss.get("name", "").endswith("bmc") else {}),
@@ -185,3 +199,107 @@ def test_shards_stream_in_order_with_their_count_and_reward_summary(tmp_path: Pa
     summary = _reward_summary(shards)
     assert summary["reward_mean"] == pytest.approx(sum(flat) / len(flat))
     assert (summary["reward_min"], summary["reward_max"]) == (0.0, 1.0)
+
+
+def test_arrow_rows_are_mapped_not_copied(tmp_path: Path) -> None:
+    tok, cfg = build_tiny_tokenizer(), _config()
+    path = tmp_path / "examples.arrow"
+    write_examples(annotated(), tok, cfg, path)
+    before = pa.total_allocated_bytes()
+    rows = ArrowRows(path)
+    assert pa.total_allocated_bytes() - before < path.stat().st_size // 100
+    assert rows[1024] == vars(ExampleStore(path)[1024])
+
+
+# ---- BMC's rewrite stage: one shard of pairs at a time ---------------------------------------
+class _Tracked(dict):
+    """An annotated record the test can see die (a dict subclass takes weak references)."""
+
+
+def _rewrite_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, records: list[dict]):
+    """Annotate shards of 4 records, a scripted rewriter, the tiny model as the reference."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _config({"shard_size": 3, "cache_dir": "cache"}, name="dpo_bmc", beta=0.1)
+    folder = tmp_path / "runs" / "t" / "annotate"
+    for s in range(0, len(records), 4):
+        write_shard(folder / f"shard-{s // 4:05d}.parquet", records[s : s + 4])
+
+    def make_backend(cfg, device) -> ScriptedBackend:
+        return ScriptedBackend(lambda request: "It is 7.")
+
+    monkeypatch.setattr("align.llm.open.make_backend", make_backend)
+    upstream = {"prepare-model": {"summary": {"reference": {"path": resolve_model("tiny")}}}}
+    return cfg, upstream
+
+
+def test_the_rewrite_stage_holds_one_shard_of_pairs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = annotated(20)
+    for i in (2, 9, 17):  # ties: skipped
+        records[i]["rewards"] = [0.5, 0.5, 0.5]
+    cfg, upstream = _rewrite_setup(tmp_path, monkeypatch, records)
+    refs: list[weakref.ref] = []  # to every annotated record read
+    held: list[int] = []
+    stream, make_rows = ShardRecords.__iter__, rewrite.pair_records
+
+    def tracked(self: ShardRecords):
+        for rec in stream(self):
+            if self.paths[0].parent.name == "annotate":
+                rec = _Tracked(rec)
+                refs.append(weakref.ref(rec))
+            yield rec
+
+    def pair_records(shard, *args):
+        held.append(sum(ref() is not None for ref in refs))  # records still referenced
+        return make_rows(shard, *args)
+
+    monkeypatch.setattr(ShardRecords, "__iter__", tracked)
+    monkeypatch.setattr(rewrite, "pair_records", pair_records)
+    out = tmp_path / "runs" / "t" / "rewrite"
+    summary, _ = rewrite.rewrite_stage(cfg, out, upstream, "h")
+    assert held == [3, 3, 3, 3, 3, 2]  # 17 pairs in shards of 3, never the 20 records
+    assert (summary["pairs"], summary["skipped_ties"], summary["modified"]) == (17, 3, 17)
+    rows = read_shards(out)
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(20) if i not in (2, 9, 17)]
+    # the figures are counted as the records stream by: a one-pass iterator is enough
+    figures = {k: v for k, v in summary.items() if k != "device"}
+    assert rewrite.summarise(iter(rows), 3, summary["rewriter"]) == figures
+
+
+def test_the_rewrite_stage_names_the_records_when_none_has_a_preference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [r | {"rewards": [1.0, 1.0, 1.0]} for r in annotated(6)]
+    cfg, upstream = _rewrite_setup(tmp_path, monkeypatch, records)
+    with pytest.raises(AlignError, match="none of the 6 annotated records has a preference"):
+        rewrite.rewrite_stage(cfg, tmp_path / "runs" / "t" / "rewrite", upstream, "h")
+
+
+# ---- online training's prompts: a memory-mapped file, not lists ---------------------------------
+def test_online_prompts_come_from_a_memory_mapped_file(project: Path) -> None:
+    rows = [{"prompt": f"What is {i} + 1?", "answer": i + 1, "note": None} for i in range(N)]
+    # an int column with one float, a null column with one object: each value keeps its type
+    rows[1030] |= {"answer": 2.5, "note": {"level": "hard", "steps": [1, 2]}}
+    source = write_jsonl(project / "p.jsonl", rows)
+    records = RecordStream(DatasetConfig(path=str(source)), None, "data.train")
+    cfg = load_pipeline("pipelines/ipo-md-quickstart.yaml", smoke=True)
+    tiny = Path(resolve_model("tiny"))
+    trainer = OnlineTrainer(cfg, tiny, tiny, records, project / "out", "h")
+    assert isinstance(trainer.prompts, ArrowRows) and len(trainer.examples) == N
+    assert (project / "out" / EXAMPLES_FILE).is_file()
+    expected = list(records)
+    for i in (0, 1023, 1030, N - 1):
+        ids, prompts, columns = trainer._read_prompts([i])
+        assert ids == [
+            encode_prompt(trainer.tokenizer, expected[i]["prompt"], cfg.train.max_prompt_length)
+        ]
+        assert prompts == [expected[i]["prompt"]]
+        assert columns == {"answer": [expected[i]["answer"]], "note": [expected[i]["note"]]}
+    assert [type(trainer._read_prompts([i])[2]["answer"][0]) for i in (1, 1030)] == [int, float]
+
+
+def test_a_column_json_cannot_hold_is_refused_naming_the_record() -> None:
+    rec = {"id": "r3", "prompt": [{"role": "user", "content": "hi"}], "at": datetime.date.today()}
+    with pytest.raises(AlignError, match=r"data\.train record r3: a column is not a JSON value"):
+        prompt_row(rec, build_tiny_tokenizer(), 32)

@@ -122,6 +122,13 @@ def test_settings_no_stage_can_follow_are_refused(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("align.core.device.cuda_problem", lambda setting: None)  # a GPU machine
     with pytest.raises(AlignError) as info:
         load_pipeline(REPO / "pipelines/nca-7b.yaml", ["model.device=cuda:1"])
+    assert "model.device: 'cuda:1' pins one GPU but annotate.processes 8 runs annotate on 8" in (
+        str(info.value)
+    )
+    with pytest.raises(AlignError) as info:
+        load_pipeline(
+            REPO / "pipelines/nca-7b.yaml", ["model.device=cuda:1", "annotate.processes=1"]
+        )
     assert "model.device: 'cuda:1' pins one GPU but train.distributed launches 8" in str(info.value)
     monkeypatch.setattr("align.config.stages.installed", lambda name: True)  # vllm
     with pytest.raises(AlignError, match=r"model\.device: 'cpu' but sample\.backend is vllm"):

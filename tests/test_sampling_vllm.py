@@ -96,6 +96,7 @@ def test_vllm_adapter_sends_our_token_ids_with_n_k_and_maps_finish_reasons(
         "tokenizer": str(path),
         "dtype": "bfloat16",
         "seed": 5,
+        "tensor_parallel_size": 1,
     }
     expected_ids = [
         tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True) for p in prompts
@@ -156,3 +157,20 @@ def test_the_engine_dtype_follows_the_pipeline_not_the_cpu_default(
     assert dtype("model.dtype=bfloat16") == "bfloat16"
     assert dtype("model.dtype=float32") == "float32"  # asked for: honoured
     assert dtype("model.dtype=float32", "sample.dtype=bfloat16") == "bfloat16"
+
+
+def test_tensor_parallel_reaches_the_engine_and_needs_vllm(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from align.stages.sample import sample_stage
+
+    calls: dict = {}
+    _install(monkeypatch, calls)
+    monkeypatch.setattr("align.config.stages.installed", lambda name: True)
+    overrides = ["sample.backend=vllm", "sample.tensor_parallel=2"]
+    cfg = load_pipeline("pipelines/quickstart.yaml", overrides, smoke=True)
+    upstream = {"prepare-model": {"summary": {"policy": {"path": str(resolve_model("tiny"))}}}}
+    sample_stage(cfg, project / "sample", upstream, "h")
+    assert calls["engine"]["tensor_parallel_size"] == 2
+    with pytest.raises(AlignError, match="tensor_parallel: 2 splits the model inside a vLLM"):
+        load_pipeline("pipelines/quickstart.yaml", ["sample.tensor_parallel=2"])

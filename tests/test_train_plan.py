@@ -93,23 +93,27 @@ def _hf_cache(root: Path, repo: str, config) -> Path:
     return root
 
 
-def test_plan_prints_placement_global_batch_tokens_and_memory(tmp_path: Path) -> None:
+def _plan(tmp_path: Path, recipe: str, hub_cache: Path) -> str:
+    """`align plan pipelines/<recipe>` as a user runs it, offline, with `hub_cache` as the hub
+    cache; its standard output."""
     env = venv_env(tmp_path)
-    env["HF_HUB_CACHE"] = str(
-        _hf_cache(tmp_path / "hub", "HuggingFaceH4/mistral-7B-SFT-beta", MistralConfig())
-    )
-    env.update(HF_HUB_OFFLINE="1", COLUMNS="100")
-    out = subprocess.run(
-        ["align", "plan", str(REPO / "pipelines/nca-7b.yaml")],
+    env.update(HF_HUB_CACHE=str(hub_cache), HF_HUB_OFFLINE="1", COLUMNS="100")
+    return subprocess.run(
+        ["align", "plan", str(REPO / "pipelines" / recipe)],
         cwd=REPO,  # the recipes name configs/accelerate/ relative to the project
         env=env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+
+def test_plan_prints_placement_global_batch_tokens_and_memory(tmp_path: Path) -> None:
+    hub = _hf_cache(tmp_path / "hub", "HuggingFaceH4/mistral-7B-SFT-beta", MistralConfig())
+    out = _plan(tmp_path, "nca-7b.yaml", hub)
     tail = out[out.index("placement") :]
     assert "placement (model.device: auto):" in tail
-    assert "  annotate: auto (cpu here) (reference log-probs)" in tail
+    assert "  annotate: 8 workers (one GPU each): auto (cpu here) (reference log-probs)" in tail
     assert "  train: 8 processes (8 per machine x 1), one GPU each, DDP" in tail
     assert "global batch 32 (as stated) = batch_size 1 x grad_accum 4 x 8 processes" in tail
     assert "tokens per optimizer step <= 81,920 (K=4, each prompt once, at most)" in tail
@@ -119,16 +123,7 @@ def test_plan_prints_placement_global_batch_tokens_and_memory(tmp_path: Path) ->
 
 
 def test_plan_says_when_the_model_shape_is_not_here(tmp_path: Path) -> None:
-    env = venv_env(tmp_path)
-    env.update(HF_HUB_CACHE=str(tmp_path / "empty"), HF_HUB_OFFLINE="1")
-    out = subprocess.run(
-        ["align", "plan", str(REPO / "pipelines/bmc-7b.yaml")],
-        cwd=REPO,  # the recipes name configs/accelerate/ relative to the project
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = _plan(tmp_path, "bmc-7b.yaml", tmp_path / "empty")
     assert "train: 4 processes (4 per machine x 1), one GPU each, FSDP" in out
     assert "global batch 128 (as stated) = batch_size 2 x grad_accum 16 x 4 processes" in out
     assert "memory per GPU: no config.json of princeton-nlp/Llama-3-Base-8B-SFT here" in out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from align.core.io import is_local_file
 from align.core.packages import installed
 
 SHARDED = ("FSDP", "DEEPSPEED")  # strategies that split the weights over the processes
@@ -20,7 +21,7 @@ def accelerate_strategy(config: str | None) -> str:
     if config is None:
         return "MULTI_GPU"
     path = Path(config)
-    if not path.is_file():
+    if not is_local_file(path):
         raise ValueError(
             f"{config!r}: no such file; the shipped ones are configs/accelerate/ddp.yaml, "
             "fsdp.yaml and zero3.yaml"

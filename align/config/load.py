@@ -53,6 +53,9 @@ SMOKE_IF_PRESENT = {
     "train.online": {"train.rollout.max_new_tokens": 8},
     "rewrite": {"rewrite.backend": SMOKE_JUDGE},
     "train.preference.reward.judge": {"train.preference.reward.judge.backend": SMOKE_JUDGE},
+    # one process, like train.distributed: null in the recipes' smoke sets
+    "sample.processes": {"sample.processes": 1},
+    "annotate.processes": {"annotate.processes": 1},
 }
 
 

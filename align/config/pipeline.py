@@ -4,7 +4,6 @@ loss needs `train.online`, BMC needs `rewrite`, sampling needs a prompts-only da
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, model_validator
@@ -25,6 +24,8 @@ from align.config.stages import (
     SmokeConfig,
 )
 from align.config.train import TrainConfig
+from align.core.device import worker_gpus
+from align.core.io import is_local_file
 
 MAX_NAME = 80  # a folder name, with room for '-smoke' and history suffixes under 255 bytes
 
@@ -166,7 +167,7 @@ def _check_distributed(cfg: PipelineConfig) -> None:
     dist = cfg.train.distributed
     if dist is None:
         return
-    if dist.config is not None and not Path(dist.config).is_file():
+    if dist.config is not None and not is_local_file(dist.config):
         return  # like a data file: the train stage refuses a missing one before it launches
     try:
         strategy = accelerate_strategy(dist.config)
@@ -225,8 +226,26 @@ def _check_global_batch(cfg: PipelineConfig) -> None:
 
 def _check_device(cfg: PipelineConfig) -> None:
     """model.device against the stages that cannot follow it: vLLM runs on GPUs only; launched
-    processes each take their own GPU, so a fixed index cannot hold for all of them."""
+    processes and stage workers each take their own GPU, so a fixed index cannot hold for all
+    of them, and there must be a GPU for every worker."""
     device = cfg.model.device
+    for key in ("sample", "annotate"):
+        workers = getattr(getattr(cfg, key), "processes", 1)
+        each = getattr(getattr(cfg, key), "tensor_parallel", 1)
+        if workers * each == 1:
+            continue
+        if device.startswith("cuda:"):
+            spread = f"{key}.processes {workers}" + (
+                f" x {key}.tensor_parallel {each}" if each > 1 else ""
+            )
+            raise ValueError(
+                f"model.device: {device!r} pins one GPU but {spread} runs {key} on "
+                f"{workers * each} GPUs; use 'auto' or 'cuda' (CUDA_VISIBLE_DEVICES picks them)"
+            )
+        try:
+            worker_gpus(device, workers, each)
+        except ValueError as exc:
+            raise ValueError(f"{key}.processes: {exc}") from None
     if device == "cpu" and cfg.sample is not None and cfg.sample.backend == "vllm":
         raise ValueError(
             "model.device: 'cpu' but sample.backend is vllm, which runs on GPUs only; use "

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from align.core.errors import AlignError
+from align.core.io import is_local_file
 
 MAX_BYTES = 1 << 20  # a pipeline file is a few KB; a MB is already far more than any needs
 MAX_DEPTH = 64  # nesting levels, aliases expanded
@@ -163,7 +164,7 @@ def yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
 
 
 def read_yaml(path: Path) -> dict:
-    if not path.is_file():
+    if not is_local_file(path):
         raise AlignError(f"{path}: no such pipeline file (pipelines live in pipelines/<name>.yaml)")
     if path.stat().st_size > MAX_BYTES:
         raise AlignError(

@@ -28,9 +28,18 @@ class SampleConfig(Strict):
         None  # generation precision; None: model.dtype (bfloat16 is ~1.7x faster on CPU)
     )
     backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU machines with vLLM installed
+    # worker processes, one per GPU (each takes every N-th shard; docs/gpu.md); same output
+    processes: int = Field(1, gt=0)
+    # vllm: GPUs one engine splits the model over (a model that does not fit one GPU)
+    tensor_parallel: int = Field(1, gt=0)
 
     @model_validator(mode="after")
     def _backend_installed(self) -> SampleConfig:
+        if self.tensor_parallel > 1 and self.backend != "vllm":
+            raise ValueError(
+                f"tensor_parallel: {self.tensor_parallel} splits the model inside a vLLM engine, "
+                "but backend is hf (one device per worker); set backend: vllm or tensor_parallel: 1"
+            )
         if self.backend == "vllm" and not installed("vllm"):
             raise ValueError(
                 "backend: 'vllm' needs the vllm package, which is not installed here; install "
@@ -43,6 +52,8 @@ class AnnotateConfig(Strict):
     reward: RewardConfig
     ref_logps: bool = True  # precompute reference log-probs once (offline losses need them)
     batch_size: int = Field(8, gt=0)  # sequences per reference forward pass
+    # worker processes, one per GPU (each takes every N-th shard; docs/gpu.md); same output
+    processes: int = Field(1, gt=0)
 
 
 class RewriteConfig(Strict):

@@ -12,6 +12,7 @@ and `align validate` must not pay torch's import time for 'auto' or 'cpu'.
 from __future__ import annotations
 
 import gc
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,33 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(setting)
+
+
+def visible_gpus() -> list[str]:
+    """This machine's CUDA devices as CUDA_VISIBLE_DEVICES names them (their indices when it is
+    unset); empty without CUDA."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    named = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in named.split(",")] if named else [str(i) for i in range(count)]
+    return ids[:count]
+
+
+def worker_gpus(setting: str, processes: int, each: int = 1) -> list[str] | None:
+    """The GPUs (a CUDA_VISIBLE_DEVICES value: `each` consecutive visible devices) each of
+    `processes` stage workers takes under the `model.device` setting, in rank order; None when
+    they run on the CPU. Raises ValueError when the machine has fewer GPUs than they need."""
+    if setting == "cpu":
+        return None
+    gpus = visible_gpus()
+    if not gpus:  # 'auto' on a machine without CUDA ('cuda' there is refused on its own)
+        return None
+    if processes * each > len(gpus):
+        need = f"{processes} worker processes" + (f" x {each} GPUs" if each > 1 else "")
+        most = f"at most {len(gpus) // each} workers" if len(gpus) >= each else "fewer GPUs each"
+        raise ValueError(f"{need} but this machine has {len(gpus)} CUDA device(s); use {most}")
+    return [",".join(gpus[r * each : (r + 1) * each]) for r in range(processes)]
 
 
 def free_accelerator() -> None:

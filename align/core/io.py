@@ -32,6 +32,15 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def is_local_file(path: str | Path) -> bool:
+    """True when `path` names a regular file here; False also for a name the OS cannot look up
+    (too long, a NUL byte), which Path.is_file raises on."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

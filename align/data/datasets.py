@@ -240,6 +240,6 @@ class RecordStream:
 def load_records(
     ds: DatasetConfig, system_prompt: str | None = None, what: str = "data"
 ) -> list[dict]:
-    """Normalised records of one dataset section, as a list (for the small ones: held-out
-    prompts, online training's prompts); errors name the source and the record."""
+    """Normalised records of one dataset section, as a list (for small ones: the held-out
+    prompts); errors name the source and the record."""
     return list(RecordStream(ds, system_prompt, what))

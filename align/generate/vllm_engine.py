@@ -35,10 +35,18 @@ class VLLMSampler:
     """One vLLM engine over a prepared model folder; `generate` mirrors `align.sampling`.
     A context manager: the engine is shut down on leaving."""
 
-    def __init__(self, path: Path | str, dtype: str, seed: int) -> None:
+    def __init__(self, path: Path | str, dtype: str, seed: int, tensor_parallel: int = 1) -> None:
+        """An engine over `path`; `tensor_parallel` > 1 splits the model over that many of the
+        visible GPUs (vLLM's own tensor parallelism, for a model that does not fit one)."""
         from vllm import LLM
 
-        self.llm = LLM(model=str(path), tokenizer=str(path), dtype=dtype, seed=seed)
+        self.llm = LLM(
+            model=str(path),
+            tokenizer=str(path),
+            dtype=dtype,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel,
+        )
 
     def __enter__(self) -> VLLMSampler:
         return self

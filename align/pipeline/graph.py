@@ -294,6 +294,9 @@ def _section_value(cfg: PipelineConfig, key: str) -> Any:
     value = section(cfg, key)
     if key == "train":  # where the log rows are also sent changes no output: no re-run
         value.pop("report_to", None)
+    if key in ("sample", "annotate"):  # how the work is spread over GPUs, not what it computes
+        value.pop("processes", None)
+        value.pop("tensor_parallel", None)
     return value
 
 

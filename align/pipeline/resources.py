@@ -35,6 +35,14 @@ def _strategy(cfg: PipelineConfig) -> str:
         return "an unreadable accelerate config"
 
 
+def _workers(cfg: PipelineConfig, processes: int, where: str) -> str:
+    """A stage's placement with its worker processes (align/stages/workers.py), if several."""
+    if processes == 1:
+        return where
+    unit = "CPU share" if cfg.model.device == "cpu" else "GPU"
+    return f"{processes} workers (one {unit} each): {where}"
+
+
 def stage_placement(cfg: PipelineConfig) -> dict[str, str]:
     """Where each active stage runs its models (`model.device` for all of them, the same
     resolution every stage makes when it starts)."""
@@ -42,7 +50,10 @@ def stage_placement(cfg: PipelineConfig) -> dict[str, str]:
     tc = cfg.train
     out = {"prepare-model": "no model compute (files)"}
     if cfg.sample is not None:
-        out["sample"] = "vllm on cuda" if cfg.sample.backend == "vllm" else device
+        tp = cfg.sample.tensor_parallel
+        where = "vllm on cuda" if cfg.sample.backend == "vllm" else device
+        where += f", tensor parallel over {tp} GPUs" if tp > 1 else ""
+        out["sample"] = _workers(cfg, cfg.sample.processes, where)
     if cfg.annotate is not None:
         reward = cfg.annotate.reward
         extra = ""
@@ -52,7 +63,8 @@ def stage_placement(cfg: PipelineConfig) -> dict[str, str]:
             extra = f"; judge {_backend(reward.judge.backend, device)}"
         if any(spec.model for spec in tc.aux_rewards):
             extra += f"; aux classifier on {device}"
-        out["annotate"] = f"{device} (reference log-probs){extra}"
+        where = f"{device} (reference log-probs){extra}"
+        out["annotate"] = _workers(cfg, cfg.annotate.processes, where)
     if cfg.rewrite is not None:
         out["rewrite"] = f"{device}; rewriter {_backend(cfg.rewrite.backend, device)}"
     if tc.distributed is not None:

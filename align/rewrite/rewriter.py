@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -120,21 +121,28 @@ def limit_length(text: str, tokenizer, loser_tokens: int, ratio: float) -> tuple
     return kept.rstrip(), True
 
 
-def preference_pairs(records: list[dict]) -> tuple[list[tuple[dict, int, int]], int]:
-    """(record, winner index, loser index) for every record with a preference: best against
-    worst reward, ties to the lower index; records whose rewards are all equal are skipped.
-    Returns (pairs, number skipped)."""
+def preference(rec: dict) -> tuple[int, int] | None:
+    """(winner index, loser index) of a record: best against worst reward, ties to the lower
+    index; None when all its rewards are equal."""
     from align.data.pairing import best_worst_pairs
 
-    pairs, skipped = [], 0
+    best, worst, has = best_worst_pairs(torch.tensor([rec["rewards"]], dtype=torch.float64))
+    return (int(best[0]), int(worst[0])) if bool(has[0]) else None
+
+
+def preference_pairs(records: Iterable[dict]) -> tuple[Iterator[tuple[dict, int, int]], int]:
+    """(record, winner index, loser index) for every record with a preference, drawn lazily,
+    and how many records are skipped (all rewards equal). `records` is read twice (a list or
+    `ShardRecords`): now to count the skipped, then as the pairs are drawn."""
+    skipped = sum(preference(rec) is None for rec in records)
+    return _pairs(records), skipped
+
+
+def _pairs(records: Iterable[dict]) -> Iterator[tuple[dict, int, int]]:
     for rec in records:
-        rewards = torch.tensor([rec["rewards"]], dtype=torch.float64)
-        best, worst, has = best_worst_pairs(rewards)
-        if bool(has[0]):
-            pairs.append((rec, int(best[0]), int(worst[0])))
-        else:
-            skipped += 1
-    return pairs, skipped
+        choice = preference(rec)
+        if choice is not None:
+            yield rec, *choice
 
 
 def rewrite_texts(

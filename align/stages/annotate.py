@@ -5,16 +5,17 @@ for every response, in shards.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from align.config import PipelineConfig
+from align.config.rewards import RewardConfig
 from align.core.errors import AlignError
 from align.data.datasets import RecordStream
-from align.data.records import RESERVED, ShardRecords, batched, chunks, write_shard_by_units
+from align.data.records import RESERVED, ShardRecords, chunks, write_shard_by_units
 from align.model.loading import (
     load_model,
     load_tokenizer,
@@ -24,6 +25,7 @@ from align.model.tokenize import encode_record
 from align.rewards import Scorer
 from align.rewards.aux import combined_aux_rewards
 from align.stages.common import check_prompts, stage_device, train_source
+from align.stages.workers import Part, devices_of, run_parts
 
 
 @torch.no_grad()
@@ -77,22 +79,46 @@ def _score(scorer: Scorer, shard: list[dict]) -> None:
 
 def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
     """Annotate the sampled records (or data.train's K-wise records) a shard at a time: memory
-    holds one shard, whatever the dataset's size."""
-    ac = cfg.annotate
+    holds one shard, whatever the dataset's size; `annotate.processes` workers split the
+    shards between GPUs (align/stages/workers.py)."""
     records: RecordStream | ShardRecords
     if cfg.sample is not None:
         records = ShardRecords(Path(cfg.runs_dir) / cfg.name / "sample")
     else:
         records = RecordStream(cfg.data.train, cfg.data.system_prompt, "data.train")
         _check_k(cfg, records)
-    path = upstream["prepare-model"]["summary"]["reference"]["path"]
-    tokenizer = load_tokenizer(path, "reference")
-    check_prompts(cfg, tokenizer, records)
-    device = stage_device(cfg)
-    scorer = None if ac.reward.from_data else Scorer(ac.reward, "annotate.reward", device=device)
-    model = load_model(path, cfg.model.dtype, device=device)
+    path = Path(upstream["prepare-model"]["summary"]["reference"]["path"])
+    check_prompts(cfg, load_tokenizer(path, "reference"), records)
     total = len(records)
-    bar = tqdm(total=total, desc="annotate", unit="prompt")
+    results = run_parts(
+        partial(_annotate_part, cfg, out, path, records),
+        cfg.annotate.processes,
+        cfg.model.device,
+        total,
+        "annotate",
+        "prompt",
+        "annotate.processes",
+    )
+    summary = _reward_summary(ShardRecords(out))
+    return {"records": total, **summary, "device": devices_of(results)}, []
+
+
+def _annotate_part(
+    cfg: PipelineConfig,
+    out: Path,
+    path: Path,
+    records: RecordStream | ShardRecords,
+    part: Part,
+    progress: Callable[[int], object],
+) -> dict:
+    """Annotate this worker's shards not yet written with the models on its device."""
+    ac = cfg.annotate
+    tokenizer = load_tokenizer(path, "reference")
+    device = stage_device(cfg)
+    scorer = None
+    if not ac.reward.from_data:
+        scorer = Scorer(_worker_reward(ac.reward, part.count), "annotate.reward", device=device)
+    model = load_model(path, cfg.model.dtype, device=device)
 
     def annotate(shard: list[dict], _index: int) -> list[dict]:
         if scorer is not None:
@@ -110,12 +136,27 @@ def annotate_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tu
                 )
         return shard
 
-    for si, shard in enumerate(batched(records, cfg.sample.shard_size if cfg.sample else 256)):
+    for si, shard in part.shards(records, cfg.sample.shard_size if cfg.sample else 256):
         # a unit is one reference forward batch (what _ref_logps batches), kept as it finishes
         unit = max(1, ac.batch_size // max(len(r["responses"]) for r in shard))
-        write_shard_by_units(out, si, chunks(shard, unit), annotate, bar.update)
-    bar.close()
-    return {"records": total, **_reward_summary(ShardRecords(out)), "device": str(device)}, []
+        write_shard_by_units(out, si, chunks(shard, unit), annotate, progress)
+    return {"device": str(device)}
+
+
+def _worker_reward(reward: RewardConfig, workers: int) -> RewardConfig:
+    """One worker's reward settings: an LLM judge's concurrency and request rate divided
+    between the workers, so that together they keep the configured limits."""
+    if reward.judge is None or workers == 1:
+        return reward
+    backend = reward.judge.backend
+    rate = backend.requests_per_minute
+    shared = backend.model_copy(
+        update={
+            "concurrency": max(1, backend.concurrency // workers),
+            "requests_per_minute": rate and rate / workers,
+        }
+    )
+    return reward.model_copy(update={"judge": reward.judge.model_copy(update={"backend": shared})})
 
 
 def _reward_summary(annotated: Iterable[dict]) -> dict:

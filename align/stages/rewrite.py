@@ -3,13 +3,15 @@ the rewriter's answers cached so a re-run or a resumed run never pays for one tw
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from align.config import PipelineConfig
 from align.core.errors import AlignError
-from align.data.records import chunks, read_shards, shard_path, write_shard
+from align.data.records import ShardRecords, batched, shard_path, write_shard
 from align.llm.open import open_backend
 from align.model.loading import cache_root, load_model, load_tokenizer
 from align.rewrite.masks import stopword_token_ids
@@ -24,13 +26,15 @@ from align.stages.common import stage_device
 
 
 def rewrite_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tuple[dict, list]:
-    """The `rewrite` stage: annotate's records -> (pseudo-winner, loser) records in shards."""
+    """The `rewrite` stage: annotate's records -> (pseudo-winner, loser) records in shards,
+    one shard of pairs in memory at a time."""
     rc = cfg.rewrite
-    records = read_shards(Path(cfg.runs_dir) / cfg.name / "annotate")
+    records = ShardRecords(Path(cfg.runs_dir) / cfg.name / "annotate")
     pairs, skipped = preference_pairs(records)
-    if not pairs:
+    n_records = len(records)
+    if skipped == n_records:
         raise AlignError(
-            f"rewrite: none of the {len(records)} annotated records has a preference (all "
+            f"rewrite: none of the {n_records} annotated records has a preference (all "
             "rewards equal within every record); BMC needs pairs: use data or a reward that "
             "separates responses, or remove 'rewrite'"
         )
@@ -42,10 +46,9 @@ def rewrite_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tup
         rc.backend, Path(rc.cache_dir or cache_root() / "rewrites"), device=device
     )
     model = None
-    shards = chunks(pairs, rc.shard_size)
-    bar = tqdm(total=len(pairs), desc="rewrite", unit="pair")
+    bar = tqdm(total=n_records - skipped, desc="rewrite", unit="pair")
     try:
-        for si, shard in enumerate(shards):
+        for si, shard in enumerate(batched(pairs, rc.shard_size)):
             target = shard_path(out, si)
             if not target.exists():  # else written by an earlier, interrupted run
                 texts = rewrite_texts(backend, shard, rc, tokenizer)
@@ -55,22 +58,28 @@ def rewrite_stage(cfg: PipelineConfig, out: Path, upstream: dict, _: str) -> tup
     finally:
         backend.cache.close()
         bar.close()
-    return {**summarise(read_shards(out), skipped, backend.stats()), "device": str(device)}, []
+    summary = summarise(ShardRecords(out), skipped, backend.stats())
+    return {**summary, "device": str(device)}, []
 
 
-def summarise(rows: list[dict], skipped: int, stats: dict) -> dict:
-    """Manifest figures: how many pairs were modified, why the others fell back, how much of
-    the pseudo-winners the diff marks."""
-    status = [r["rewrite"] for r in rows]
-    modified = sum(s in REWRITTEN for s in status)
-    marked = [sum(r["diff_masks"][0]) / max(len(r["diff_masks"][0]), 1) for r in rows]
+def summarise(rows: Iterable[dict], skipped: int, stats: dict) -> dict:
+    """Manifest figures, counted as the rewritten records `rows` stream by: how many pairs were
+    modified, why the others fell back, how much of the pseudo-winners the diff marks."""
+    status: Counter[str] = Counter()
+    marked = 0.0  # a running sum in record order: the same float as summing a list of shares
+    for r in rows:
+        status[r["rewrite"]] += 1
+        mask = r["diff_masks"][0]
+        marked += sum(mask) / max(len(mask), 1)
+    pairs = status.total()
+    modified = sum(status[s] for s in REWRITTEN)
     return {
-        "pairs": len(rows),
+        "pairs": pairs,
         "skipped_ties": skipped,
         "modified": modified,
-        "modified_share": round(modified / len(rows), 4),
-        "shortened": status.count("shortened"),
-        **{f"fallback_{reason}": status.count(reason) for reason in FALLBACKS},
-        "changed_token_share": round(sum(marked) / len(marked), 4),
+        "modified_share": round(modified / pairs, 4),
+        "shortened": status["shortened"],
+        **{f"fallback_{reason}": status[reason] for reason in FALLBACKS},
+        "changed_token_share": round(marked / pairs, 4),
         "rewriter": {k: stats.get(k, 0) for k in ("requests", "cache_hits", "output_tokens")},
     }

@@ -12,7 +12,7 @@ import torch
 from align.config import PipelineConfig, validate_dict
 from align.core.errors import AlignError
 from align.core.io import atomic_write_text, read_json
-from align.data.datasets import load_records
+from align.data.datasets import RecordStream
 from align.data.records import ShardRecords
 from align.stages.model_card import write_model_card
 
@@ -43,7 +43,8 @@ def train_here(
     from align.train.online import OnlineTrainer
 
     torch.manual_seed(cfg.train.seed)
-    prompts = load_records(cfg.data.train, cfg.data.system_prompt, "data.train")
+    # streamed: the trainer tokenises them into its memory-mapped prompt file
+    prompts = RecordStream(cfg.data.train, cfg.data.system_prompt, "data.train")
     return OnlineTrainer(cfg, policy, reference, prompts, out, stage_hash).train()
 
 

@@ -3,14 +3,15 @@ memory-maps, so a step reads only its own rows and memory does not grow with the
 
 `write_examples` streams the records a batch at a time into `examples.arrow` (the file appears
 whole or not at all); `ExampleStore` indexes it. Token ids are stored as int32 and every float as
-float64, so an example reads back exactly as it was built.
+float64, so an example reads back exactly as it was built. The machinery is general: `write_rows`
+and `ArrowRows` hold rows of any schema (online training's prompts, align/train/online.py).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -36,7 +37,8 @@ SCHEMA = pa.schema(
         ("aux_rewards", FLOATS),
     ]
 )
-EXAMPLES_FILE = "examples.arrow"  # in the train stage folder, removed when training ends
+# in the train stage folder (online training: its prompts), removed when training ends
+EXAMPLES_FILE = "examples.arrow"
 WRITE_BATCH = 1024  # records tokenised and written at a time
 
 
@@ -49,9 +51,6 @@ class Example:
     diff_masks: list[list[int]] | None = None  # BMC: from the rewrite stage, one per response
     ref_token_logps: list[list[float]] | None = None  # BMC: reference log-prob of each token
     aux_rewards: list[float] | None = None  # UPO: R = sum_i w_i r_i per response (annotate)
-
-
-FIELDS = tuple(f.name for f in fields(Example))
 
 
 def build_example(rec: dict, tokenizer: PreTrainedTokenizerBase, cfg: PipelineConfig) -> Example:
@@ -104,26 +103,31 @@ def write_examples(
 ) -> int:
     """Tokenise `records` into the Arrow file `path`, WRITE_BATCH records in memory at a time;
     the number written. On an error no file is left under `path`."""
+    examples = (vars(build_example(rec, tokenizer, cfg)) for rec in records)
+    return write_rows(examples, SCHEMA, path, "train: the annotated data")
+
+
+def write_rows(rows: Iterable[dict], schema: pa.Schema, path: Path, what: str) -> int:
+    """Write `rows` (dicts of `schema`'s fields) to the Arrow file `path`, WRITE_BATCH at a time;
+    the number written. No rows is an error naming `what`; on an error no file is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     written = 0
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, SCHEMA) as writer:
-            for batch in batched(records, WRITE_BATCH):
-                examples = [build_example(rec, tokenizer, cfg) for rec in batch]
-                columns = {f: [getattr(e, f) for e in examples] for f in FIELDS}
-                writer.write_table(pa.table(columns, schema=SCHEMA))
-                written += len(examples)
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as writer:
+            for batch in batched(rows, WRITE_BATCH):
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                written += len(batch)
         if not written:
-            raise AlignError("train: the annotated data holds no records")
+            raise AlignError(f"{what} holds no records")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return written
 
 
-class ExampleStore:
-    """The examples of an `examples.arrow` file, memory-mapped: `store[i]` reads row i only."""
+class ArrowRows:
+    """The rows of an Arrow file (`write_rows`), memory-mapped: `rows[i]` reads row i only."""
 
     def __init__(self, path: Path):
         self.table = ipc.open_file(pa.memory_map(str(path))).read_all()
@@ -131,5 +135,18 @@ class ExampleStore:
     def __len__(self) -> int:
         return self.table.num_rows
 
+    def __getitem__(self, i: int) -> dict:
+        return self.table.slice(i, 1).to_pylist()[0]
+
+
+class ExampleStore:
+    """The examples of an `examples.arrow` file, memory-mapped: `store[i]` reads row i only."""
+
+    def __init__(self, path: Path):
+        self.rows = ArrowRows(path)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
     def __getitem__(self, i: int) -> Example:
-        return Example(**self.table.slice(i, 1).to_pylist()[0])
+        return Example(**self.rows[i])

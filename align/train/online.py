@@ -15,6 +15,10 @@ stores: a run resumed from a checkpoint draws exactly the pairs an uninterrupted
 N processes draw the pairs one process draws. Under `accelerate launch` (`train.distributed`)
 every process samples and labels its own prompts; DDP averages the gradients.
 
+The prompts are tokenised once into the stage folder's memory-mapped `examples.arrow`
+(`write_rows`, align/train/examples.py) with their messages and dataset columns (the
+preference's inputs); a micro-batch reads only its own rows.
+
 With LoRA and no separate `model.reference`, the reference is the policy with its adapters
 switched off (`align.model.reference.AdapterDisabled`), not a second copy of the model.
 
@@ -27,13 +31,18 @@ samples per second.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+import pyarrow as pa
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from align.config import PipelineConfig
 from align.config.losses import LossParams
+from align.core.errors import AlignError
 from align.core.transfer import to_device
 from align.data.records import RESERVED
 from align.generate.mixture import sample_mixture
@@ -42,6 +51,7 @@ from align.model.logprobs import shared_prompt_logps
 from align.model.reference import AdapterDisabled
 from align.model.tokenize import check_prompt_lengths, encode_prompt
 from align.rewards.preference import Preference
+from align.train.examples import TOKENS, ArrowRows, write_rows
 from align.train.losses import online_loss
 from align.train.placement import load_device
 from align.train.stats import StepStats
@@ -58,12 +68,31 @@ ONLINE_LOG_KEYS = (
 )
 # the sums a step accumulates (summed over the processes before they are logged)
 STEP_KEYS = (*ONLINE_LOG_KEYS[:-1], "n_seq", "sample_s", "tokens")
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+# a prompt's row: its token ids, its messages and its dataset columns (a JSON object: any
+# column's values come back with the types they were read with)
+PROMPT_SCHEMA = pa.schema([("prompt_ids", TOKENS), ("prompt", MESSAGES), ("columns", pa.string())])
 
 
 def mixture_weights(params: LossParams) -> tuple[float, float]:
     """Weight of the reference in the sampling mixture of (y, y') for an online loss."""
     beta = getattr(params, "beta", 0.0)  # losses without beta sample the policy
     return (0.0, beta) if params.name == "nash_md_pg" else (beta, beta)
+
+
+def prompt_row(rec: dict, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int) -> dict:
+    """What online training reads of a record (a row of PROMPT_SCHEMA); the dataset columns must
+    be JSON values, as those of a JSON Lines file are."""
+    columns = {k: v for k, v in rec.items() if k not in RESERVED}
+    try:
+        text = json.dumps(columns)
+    except TypeError as exc:
+        raise AlignError(
+            f"data.train record {rec['id']}: a column is not a JSON value ({exc}); online "
+            "training hands the dataset's columns to train.preference as JSON: convert or drop it"
+        ) from None
+    ids = encode_prompt(tokenizer, rec["prompt"], max_prompt_length)
+    return {"prompt_ids": ids, "prompt": rec["prompt"], "columns": text}
 
 
 class OnlineTrainer(Trainer):
@@ -77,22 +106,25 @@ class OnlineTrainer(Trainer):
         cfg: PipelineConfig,
         policy_path: Path,
         ref_path: Path,
-        records: list[dict],
+        records: Iterable[dict],
         out: Path,
         stage_hash: str,
     ):
+        """`records` (a list or a `RecordStream`: read again after the length check when
+        `train.prompt_overflow` is 'error') are tokenised into `out/examples.arrow`."""
         self._start(cfg, out, stage_hash)
         self.tokenizer = load_tokenizer(policy_path)
         if self.tc.prompt_overflow == "error":
             check_prompt_lengths(
                 self.tokenizer, records, self.tc.max_prompt_length, "data.train (online prompts)"
             )
-        self.records = records
-        self.prompts = [
-            encode_prompt(self.tokenizer, r["prompt"], self.tc.max_prompt_length) for r in records
-        ]
+        rows = (prompt_row(r, self.tokenizer, self.tc.max_prompt_length) for r in records)
+        store = self._write_store(
+            lambda path: write_rows(rows, PROMPT_SCHEMA, path, "train: data.train (online prompts)")
+        )
+        self.prompts = ArrowRows(store)
         # prompt indices: the inherited `_micro_batches` then yields index lists
-        self.examples = list(range(len(records)))
+        self.examples = range(len(self.prompts))
         device = load_device(self.acc)
         policy = load_model(policy_path, self.weights_dtype, self.tc.attention, device=device)
         self._optimize(trainable_policy(policy, cfg), [])
@@ -107,9 +139,18 @@ class OnlineTrainer(Trainer):
         self.ref_texts: dict[int, str] = {}
 
     # ---- sampling -----------------------------------------------------------------------
-    def _sample(self, idx: list[int], beta: float, seeds: list[int]) -> list[list[int]]:
-        """One response (token ids) per prompt index from the mixture with weight `beta`, row i
-        drawn with a generator seeded by seeds[i]."""
+    def _read_prompts(
+        self, idx: list[int]
+    ) -> tuple[list[list[int]], list[list[dict]], dict[str, list]]:
+        """(token ids, messages, dataset columns as lists) of the prompts at `idx`."""
+        rows = [self.prompts[i] for i in idx]
+        extra = [json.loads(row["columns"]) for row in rows]
+        columns = {k: [e.get(k) for e in extra] for k in extra[0]}
+        return [row["prompt_ids"] for row in rows], [row["prompt"] for row in rows], columns
+
+    def _sample(self, prompts: list[list[int]], beta: float, seeds: list[int]) -> list[list[int]]:
+        """One response (token ids) per prompt (token ids) from the mixture with weight `beta`,
+        row i drawn with a generator seeded by seeds[i]."""
         rc = self.tc.rollout
         policy = self.acc.unwrap_model(self.model)
         policy.eval()
@@ -119,7 +160,7 @@ class OnlineTrainer(Trainer):
             rollout = sample_mixture(
                 policy,
                 self.ref,
-                [self.prompts[i] for i in idx],
+                prompts,
                 beta=beta,
                 max_new_tokens=rc.max_new_tokens,
                 temperature=rc.temperature,
@@ -137,8 +178,9 @@ class OnlineTrainer(Trainer):
         new = sorted({i for i in idx if i not in self.ref_texts})
         if new:
             seeds = [(self.tc.seed + 1) * 7_919_993 + i for i in new]
+            prompts = self._read_prompts(new)[0]
             self.ref_texts.update(
-                zip(new, self._decode(self._sample(new, 1.0, seeds)), strict=True)
+                zip(new, self._decode(self._sample(prompts, 1.0, seeds)), strict=True)
             )
         return [self.ref_texts[i] for i in idx]
 
@@ -165,24 +207,19 @@ class OnlineTrainer(Trainer):
         for m, idx in enumerate(micro_batches):
             b = len(idx)
             seeds = self._seeds(m, b)
+            ids, prompts, columns = self._read_prompts(idx)
             started = time.perf_counter()
             if w_y == w_opp:  # both from one distribution: one batched call
-                both = self._sample(idx + idx, w_y, seeds)
+                both = self._sample(ids + ids, w_y, seeds)
                 ys, opps = both[:b], both[b:]
             else:
-                ys, opps = self._sample(idx, w_y, seeds[:b]), self._sample(idx, w_opp, seeds[b:])
+                ys, opps = self._sample(ids, w_y, seeds[:b]), self._sample(ids, w_opp, seeds[b:])
             stats.add("sample_s", time.perf_counter() - started)
             stats.add("n_seq", 2 * b)
-            prompts = [self.records[i]["prompt"] for i in idx]
-            columns = {
-                k: [self.records[i].get(k) for i in idx]
-                for k in self.records[idx[0]]
-                if k not in RESERVED
-            }
             texts_y = self._decode(ys)
             p = self.preference(prompts, texts_y, self._decode(opps), columns)
             label = to_device(torch.tensor(p, dtype=torch.float64), self.acc.device)
-            groups = [(self.prompts[i], [y, o]) for i, y, o in zip(idx, ys, opps, strict=True)]
+            groups = [(x, [y, o]) for x, y, o in zip(ids, ys, opps, strict=True)]
             with torch.no_grad(), self.acc.autocast():  # as the policy's: h = 0 at step 0
                 ref = shared_prompt_logps(self.ref, groups, self.tokenizer.pad_token_id)[0]
             ref = ref.view(-1, 2).double()
@@ -191,7 +228,7 @@ class OnlineTrainer(Trainer):
                 losses = online_loss(self.loss, policy, ref, label)
                 self.acc.backward(losses.sum() / local)
             lengths = [len(y) + len(o) for y, o in zip(ys, opps, strict=True)]
-            stats.add("tokens", sum(lengths) + sum(len(self.prompts[i]) for i in idx))
+            stats.add("tokens", sum(lengths) + sum(len(x) for x in ids))
             stats.add("loss", losses.detach().sum())
             stats.add("preference/mean", sum(p))
             stats.add("kl", (policy[:, 0].detach() - ref[:, 0]).sum())
@@ -223,7 +260,7 @@ class OnlineTrainer(Trainer):
         return {"loss": f"{row['loss']:.4f}", "p": f"{row['preference/mean']:.3f}"}
 
     def _run_metrics(self, rows: list[dict]) -> dict:
-        metrics: dict = {"prompts": len(self.records)}
+        metrics: dict = {"prompts": len(self.prompts)}
         if self.tc.rollout.win_rate:
             metrics["first/win_rate/vs_reference"] = rows[0]["win_rate/vs_reference"]
         return metrics

@@ -31,7 +31,7 @@ import functools
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -164,10 +164,7 @@ class Trainer:
     ):
         self._start(cfg, out, stage_hash)
         self.tokenizer = load_tokenizer(model_path)
-        store = out / EXAMPLES_FILE
-        with self.acc.local_main_process_first():  # one process a machine tokenises
-            if self.acc.is_local_main_process:
-                write_examples(records, self.tokenizer, cfg, store)
+        store = self._write_store(lambda path: write_examples(records, self.tokenizer, cfg, path))
         self.examples: ExampleStore | list[Example] = ExampleStore(store)
         model = trainable_policy(
             load_model(
@@ -194,6 +191,15 @@ class Trainer:
         self.pref_loss = (
             self.loss.preference_params() if isinstance(self.loss, UPOParams) else self.loss
         )
+
+    def _write_store(self, write: Callable[[Path], object]) -> Path:
+        """`write(path)` the stage folder's examples file in one process per machine (the others
+        wait for it, then map it); the file's path."""
+        store = self.out / EXAMPLES_FILE
+        with self.acc.local_main_process_first():
+            if self.acc.is_local_main_process:
+                write(store)
+        return store
 
     def _start(self, cfg: PipelineConfig, out: Path, stage_hash: str) -> None:
         """The run's settings, its `Accelerator` (bf16 autocast when `train.precision` says so,
