@@ -51,6 +51,7 @@ def test_every_check_of_the_issue_is_there() -> None:
     names = {c.name for c in CHECKS}
     assert names == {
         "placement",
+        "stage_workers",
         "bf16_fp32_masters",
         "lora_gradient_checkpointing",
         "shared_prompt_bf16",

@@ -126,6 +126,8 @@ def _spawn(
             if worker.is_alive():
                 worker.terminate()
             worker.join()
+        reports.close()  # its pipe and lock go now, not at interpreter exit
+        reports.join_thread()
     return [results[rank] for rank in range(processes)]
 
 
