@@ -318,7 +318,8 @@ def accelerate_fsdp(ctx: Context) -> tuple[str, str]:
 
 @check("vllm", on_cpu=False)
 def vllm(ctx: Context) -> tuple[str, str]:
-    """vLLM samples a small random Llama in bf16, then hands the GPU back on close."""
+    """vLLM samples a small random Llama in bf16 and answers as the judge's policy, then hands
+    the GPU back on close."""
     from align.core.packages import installed
 
     if not installed("vllm"):
@@ -326,6 +327,7 @@ def vllm(ctx: Context) -> tuple[str, str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from align.generate.vllm_engine import VLLMSampler
+    from align.judging.policy import vllm_generate_fn
     from align.model.loading import load_tokenizer
 
     # the tiny model's tokenizer on a random Llama with a head size vLLM's kernels take (128)
@@ -348,9 +350,12 @@ def vllm(ctx: Context) -> tuple[str, str]:
     free_before, total = torch.cuda.mem_get_info()
     with VLLMSampler(path, "bfloat16", seed=0) as engine:
         texts, _ = engine.generate(tokenizer, prompts, k=2, max_new_tokens=8)
+        # the judge's answers (judge.policy_backend: vllm): greedy twice is the same text
+        answers = vllm_generate_fn(engine, tokenizer)(prompts, [0.0, 0.0], 8)
         free_during, _ = torch.cuda.mem_get_info()
     free_after, _ = torch.cuda.mem_get_info()
-    ok = [len(t) for t in texts] == [2, 2] and free_after > free_before - 2**30
+    ok = [len(t) for t in texts] == [2, 2] and answers[0] == answers[1]
+    ok &= free_after > free_before - 2**30
     return verdict(ok), (
         f"engine held {(free_before - free_during) / 2**30:.1f} GiB, "
         f"{(free_before - free_after) / 2**30:.2f} GiB not returned after close "

@@ -149,9 +149,8 @@ def test_the_engine_dtype_follows_the_pipeline_not_the_cpu_default(
     (project / "pipelines/no-dtype.yaml").write_text(yaml.safe_dump(raw))
 
     def dtype(*overrides: str) -> str:
-        return vllm_dtype(
-            load_pipeline("pipelines/no-dtype.yaml", ["sample.backend=vllm", *overrides])
-        )
+        cfg = load_pipeline("pipelines/no-dtype.yaml", ["sample.backend=vllm", *overrides])
+        return vllm_dtype(cfg, cfg.sample.dtype)
 
     assert dtype() == "auto"  # model.dtype unset: not the schema's float32
     assert dtype("model.dtype=bfloat16") == "bfloat16"
@@ -174,3 +173,64 @@ def test_tensor_parallel_reaches_the_engine_and_needs_vllm(
     assert calls["engine"]["tensor_parallel_size"] == 2
     with pytest.raises(AlignError, match="tensor_parallel: 2 splits the model inside a vLLM"):
         load_pipeline("pipelines/quickstart.yaml", ["sample.tensor_parallel=2"])
+
+
+HTTP_JUDGE = "judge.backend={kind: openai, model: judge-model, base_url: 'http://127.0.0.1:9/v1'}"
+
+
+def test_the_judge_stage_answers_with_vllm_and_shuts_the_engine_down(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """judge.policy_backend: vllm: the trained policy's MT-Bench / AlpacaEval answers come from
+    one engine (a call per temperature, n=1, seeded), shut down before the stage returns."""
+    import shutil
+
+    from align.stages.judge import judge_stage
+
+    calls: dict = {}
+    _install(monkeypatch, calls)
+    monkeypatch.setattr("align.config.judge.installed", lambda name: True)
+    cfg = load_pipeline(
+        "pipelines/quickstart.yaml", ["judge.policy_backend=vllm", HTTP_JUDGE], smoke=False
+    )
+    trained = project / cfg.runs_dir / cfg.name / "train" / "model"
+    shutil.copytree(resolve_model("tiny"), trained)
+    answered: dict = {}
+
+    def run_judge(jc, generate_fn, out, model_id, cache_dir, *, device) -> dict:
+        conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+        answered["texts"] = generate_fn(conversations, [0.0, 0.7, 0.0], 16)
+        answered["params"] = list(calls["params"])
+        answered["shutdown_while_judging"] = calls.get("shutdown", 0)
+        return {}
+
+    monkeypatch.setattr("align.judging.run.run_judge", run_judge)
+    summary, _ = judge_stage(cfg, project / "judge", {}, "h")
+    # t=0.0 asks for q0 and q2 in one call, then t=0.7 for q1: each text is its request's
+    assert answered["texts"] == ["r0.0", "r0.0", "r1.0"]
+    last_call = [(p["n"], p["temperature"], p["max_tokens"]) for p in answered["params"]]
+    assert last_call == [(1, 0.7, 16)]
+    assert answered["shutdown_while_judging"] == 0 and calls["shutdown"] == 1
+    assert Path(calls["engine"]["model"]).resolve() == trained.resolve()
+    assert summary["device"].endswith("(vllm)")
+
+
+def test_judge_policy_vllm_is_refused_where_it_cannot_run(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    qs = "pipelines/quickstart.yaml"
+    if not installed("vllm"):
+        with pytest.raises(AlignError, match="judge: policy_backend: 'vllm' needs the vllm pack"):
+            load_pipeline(qs, ["judge.policy_backend=vllm", HTTP_JUDGE])
+    monkeypatch.setattr("align.config.judge.installed", lambda name: True)
+    with pytest.raises(AlignError, match="keeps most of the GPU for its cache while the local"):
+        load_pipeline(qs, ["judge.policy_backend=vllm"])  # the quickstart's judge is local
+    cpu = r"model\.device: 'cpu' but judge\.policy_backend is vllm"
+    with pytest.raises(AlignError, match=cpu):
+        load_pipeline(qs, ["judge.policy_backend=vllm", HTTP_JUDGE, "model.device=cpu"])
+    # a recipe that answers with vLLM still smoke-runs: the smoke judge is local, on HF
+    raw = yaml.safe_load((project / qs).read_text())
+    raw["judge"]["policy_backend"] = "vllm"
+    raw["judge"]["backend"] = {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}
+    (project / "pipelines/vllm-judge.yaml").write_text(yaml.safe_dump(raw))
+    assert load_pipeline("pipelines/vllm-judge.yaml", smoke=True).judge.policy_backend == "hf"

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from align.config.base import Strict
+from align.core.packages import installed
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 OPENAI_ONLY = (
@@ -122,11 +123,27 @@ class JudgeConfig(Strict):
     mtbench: MTBenchConfig | None = None
     alpacaeval: AlpacaEvalConfig | None = None
     cache_dir: str | None = None  # judgment cache; None: the caller supplies one
+    # how the trained policy writes its answers: HF generate on model.device, or one vLLM
+    # engine (GPU machines with vllm installed; an HTTP judge then, docs/judging.md)
+    policy_backend: Literal["hf", "vllm"] = "hf"
 
     @model_validator(mode="after")
     def _something(self) -> JudgeConfig:
         if self.mtbench is None and self.alpacaeval is None:
             raise ValueError("set at least one of 'mtbench' or 'alpacaeval'")
+        if self.policy_backend == "vllm":
+            if not installed("vllm"):
+                raise ValueError(
+                    "policy_backend: 'vllm' needs the vllm package, which is not installed "
+                    "here; install it on the GPU machine (pip install vllm) or use "
+                    "policy_backend: hf"
+                )
+            if self.backend.kind == "local":
+                raise ValueError(
+                    "policy_backend: 'vllm' keeps most of the GPU for its cache while the local "
+                    "judge would run beside it; use an HTTP judge (backend.kind: openai, e.g. a "
+                    "vLLM server) or policy_backend: hf"
+                )
         return self
 
 

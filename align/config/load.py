@@ -53,6 +53,8 @@ SMOKE_IF_PRESENT = {
     "train.online": {"train.rollout.max_new_tokens": 8},
     "rewrite": {"rewrite.backend": SMOKE_JUDGE},
     "train.preference.reward.judge": {"train.preference.reward.judge.backend": SMOKE_JUDGE},
+    # a smoke run judges locally on the tiny model, which HF generate answers for
+    "judge.policy_backend": {"judge.policy_backend": "hf"},
     # one process, like train.distributed: null in the recipes' smoke sets
     "sample.processes": {"sample.processes": 1},
     "annotate.processes": {"annotate.processes": 1},

@@ -246,11 +246,16 @@ def _check_device(cfg: PipelineConfig) -> None:
             worker_gpus(device, workers, each)
         except ValueError as exc:
             raise ValueError(f"{key}.processes: {exc}") from None
-    if device == "cpu" and cfg.sample is not None and cfg.sample.backend == "vllm":
-        raise ValueError(
-            "model.device: 'cpu' but sample.backend is vllm, which runs on GPUs only; use "
-            "sample.backend: hf, or model.device: auto"
-        )
+    engines = {
+        "sample.backend": cfg.sample and cfg.sample.backend,
+        "judge.policy_backend": cfg.judge and cfg.judge.policy_backend,
+    }
+    for key, backend in engines.items():
+        if device == "cpu" and backend == "vllm":
+            raise ValueError(
+                f"model.device: 'cpu' but {key} is vllm, which runs on GPUs only; use "
+                f"{key}: hf, or model.device: auto"
+            )
     if device.startswith("cuda:") and cfg.train.distributed is not None:
         raise ValueError(
             f"model.device: {device!r} pins one GPU but train.distributed launches "

@@ -22,12 +22,12 @@ from align.config import PipelineConfig
 from align.model.tokenize import encode_prompt
 
 
-def vllm_dtype(cfg: PipelineConfig) -> str:
-    """The engine's dtype: `sample.dtype`, else `model.dtype` when the pipeline sets it, else
-    'auto' (vLLM serves a float32 checkpoint in 16-bit; the schema's float32 default is for
-    the CPU path, where it is the fast choice, not for a GPU engine)."""
-    if cfg.sample.dtype is not None:
-        return cfg.sample.dtype
+def vllm_dtype(cfg: PipelineConfig, stage_dtype: str | None = None) -> str:
+    """The engine's dtype: the stage's own (`sample.dtype`), else `model.dtype` when the
+    pipeline sets it, else 'auto' (vLLM serves a float32 checkpoint in 16-bit; the schema's
+    float32 default is for the CPU path, where it is the fast choice, not for a GPU engine)."""
+    if stage_dtype is not None:
+        return stage_dtype
     return cfg.model.dtype if "dtype" in cfg.model.model_fields_set else "auto"
 
 

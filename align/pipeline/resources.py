@@ -79,7 +79,8 @@ def stage_placement(cfg: PipelineConfig) -> dict[str, str]:
     if cfg.evaluate is not None:
         out["evaluate"] = device
     if cfg.judge is not None:
-        out["judge"] = f"policy on {device}; judge {_backend(cfg.judge.backend, device)}"
+        policy = "vllm on cuda" if cfg.judge.policy_backend == "vllm" else f"on {device}"
+        out["judge"] = f"policy {policy}; judge {_backend(cfg.judge.backend, device)}"
     return {name: out[name] for name in active_stages(cfg) if name in out}
 
 

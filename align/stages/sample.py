@@ -71,7 +71,7 @@ def _sample_part(
             from align.generate.vllm_engine import VLLMSampler, vllm_dtype
 
             engine = stack.enter_context(
-                VLLMSampler(path, vllm_dtype(cfg), sc.seed, sc.tensor_parallel)
+                VLLMSampler(path, vllm_dtype(cfg, sc.dtype), sc.seed, sc.tensor_parallel)
             )
             sample = engine.generate
         else:  # vLLM places itself on the GPU (validate refuses model.device cpu with it)
