@@ -130,7 +130,7 @@ def test_settings_no_stage_can_follow_are_refused(monkeypatch: pytest.MonkeyPatc
             REPO / "pipelines/nca-7b.yaml", ["model.device=cuda:1", "annotate.processes=1"]
         )
     assert "model.device: 'cuda:1' pins one GPU but train.distributed launches 8" in str(info.value)
-    monkeypatch.setattr("align.config.stages.installed", lambda name: True)  # vllm
+    monkeypatch.setattr("align.core.packages.installed", lambda name: True)  # vllm
     with pytest.raises(AlignError, match=r"model\.device: 'cpu' but sample\.backend is vllm"):
         load_pipeline(
             REPO / "pipelines/quickstart.yaml", ["model.device=cpu", "sample.backend=vllm"]

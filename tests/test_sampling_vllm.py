@@ -121,7 +121,7 @@ def test_the_sample_stage_shuts_the_engine_down_before_returning(
 
     calls: dict = {}
     _install(monkeypatch, calls)
-    monkeypatch.setattr("align.config.stages.installed", lambda name: True)
+    monkeypatch.setattr("align.core.packages.installed", lambda name: True)
     cfg = load_pipeline("pipelines/quickstart.yaml", ["sample.backend=vllm"], smoke=True)
     upstream = {"prepare-model": {"summary": {"policy": {"path": str(resolve_model("tiny"))}}}}
     summary, _ = sample_stage(cfg, project / "sample", upstream, "h")
@@ -143,7 +143,7 @@ def test_the_engine_dtype_follows_the_pipeline_not_the_cpu_default(
 ) -> None:
     from align.generate.vllm_engine import vllm_dtype
 
-    monkeypatch.setattr("align.config.stages.installed", lambda name: True)
+    monkeypatch.setattr("align.core.packages.installed", lambda name: True)
     raw = yaml.safe_load((project / "pipelines/quickstart.yaml").read_text())
     del raw["model"]["dtype"], raw["sample"]["dtype"]
     (project / "pipelines/no-dtype.yaml").write_text(yaml.safe_dump(raw))
@@ -165,7 +165,7 @@ def test_tensor_parallel_reaches_the_engine_and_needs_vllm(
 
     calls: dict = {}
     _install(monkeypatch, calls)
-    monkeypatch.setattr("align.config.stages.installed", lambda name: True)
+    monkeypatch.setattr("align.core.packages.installed", lambda name: True)
     overrides = ["sample.backend=vllm", "sample.tensor_parallel=2"]
     cfg = load_pipeline("pipelines/quickstart.yaml", overrides, smoke=True)
     upstream = {"prepare-model": {"summary": {"policy": {"path": str(resolve_model("tiny"))}}}}
@@ -189,7 +189,7 @@ def test_the_judge_stage_answers_with_vllm_and_shuts_the_engine_down(
 
     calls: dict = {}
     _install(monkeypatch, calls)
-    monkeypatch.setattr("align.config.judge.installed", lambda name: True)
+    monkeypatch.setattr("align.core.packages.installed", lambda name: True)
     cfg = load_pipeline(
         "pipelines/quickstart.yaml", ["judge.policy_backend=vllm", HTTP_JUDGE], smoke=False
     )
@@ -222,7 +222,7 @@ def test_judge_policy_vllm_is_refused_where_it_cannot_run(
     if not installed("vllm"):
         with pytest.raises(AlignError, match="judge: policy_backend: 'vllm' needs the vllm pack"):
             load_pipeline(qs, ["judge.policy_backend=vllm", HTTP_JUDGE])
-    monkeypatch.setattr("align.config.judge.installed", lambda name: True)
+    monkeypatch.setattr("align.core.packages.installed", lambda name: True)
     with pytest.raises(AlignError, match="keeps most of the GPU for its cache while the local"):
         load_pipeline(qs, ["judge.policy_backend=vllm"])  # the quickstart's judge is local
     cpu = r"model\.device: 'cpu' but judge\.policy_backend is vllm"

@@ -46,6 +46,17 @@ def _digits(value: Any) -> int:
     return max(_digits(v) for v in items if _too_large(v))
 
 
+def check_vllm_installed(field: str) -> None:
+    """Refuse `field: vllm` (one line, with the fix) where the vllm package is not installed."""
+    from align.core.packages import installed
+
+    if not installed("vllm"):
+        raise ValueError(
+            f"{field}: 'vllm' needs the vllm package, which is not installed here; install it "
+            f"on the GPU machine (pip install vllm) or use {field}: hf"
+        )
+
+
 def inside_project(value: str | None, key: str, root: Path | None = None) -> None:
     """Output folders stay inside the project: relative, without '..', not the project folder
     itself, and still inside it once symbolic links are resolved, so a run can never write over

@@ -12,8 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from align.config.base import Strict
-from align.core.packages import installed
+from align.config.base import Strict, check_vllm_installed
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 OPENAI_ONLY = (
@@ -132,12 +131,7 @@ class JudgeConfig(Strict):
         if self.mtbench is None and self.alpacaeval is None:
             raise ValueError("set at least one of 'mtbench' or 'alpacaeval'")
         if self.policy_backend == "vllm":
-            if not installed("vllm"):
-                raise ValueError(
-                    "policy_backend: 'vllm' needs the vllm package, which is not installed "
-                    "here; install it on the GPU machine (pip install vllm) or use "
-                    "policy_backend: hf"
-                )
+            check_vllm_installed("policy_backend")
             if self.backend.kind == "local":
                 raise ValueError(
                     "policy_backend: 'vllm' keeps most of the GPU for its cache while the local "

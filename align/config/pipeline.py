@@ -229,17 +229,20 @@ def _check_device(cfg: PipelineConfig) -> None:
     processes and stage workers each take their own GPU, so a fixed index cannot hold for all
     of them, and there must be a GPU for every worker."""
     device = cfg.model.device
-    for key in ("sample", "annotate"):
-        workers = getattr(getattr(cfg, key), "processes", 1)
-        each = getattr(getattr(cfg, key), "tensor_parallel", 1)
-        if workers * each == 1:
+    spread = {  # stage -> (worker processes, GPUs per worker)
+        "sample": cfg.sample and (cfg.sample.processes, cfg.sample.tensor_parallel),
+        "annotate": cfg.annotate and (cfg.annotate.processes, 1),
+    }
+    for key, shape in spread.items():
+        if not shape or shape == (1, 1):
             continue
+        workers, each = shape
         if device.startswith("cuda:"):
-            spread = f"{key}.processes {workers}" + (
+            asked = f"{key}.processes {workers}" + (
                 f" x {key}.tensor_parallel {each}" if each > 1 else ""
             )
             raise ValueError(
-                f"model.device: {device!r} pins one GPU but {spread} runs {key} on "
+                f"model.device: {device!r} pins one GPU but {asked} runs {key} on "
                 f"{workers * each} GPUs; use 'auto' or 'cuda' (CUDA_VISIBLE_DEVICES picks them)"
             )
         try:

@@ -10,10 +10,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from align.config.base import Dtype, Strict
+from align.config.base import Dtype, Strict, check_vllm_installed
 from align.config.judge import BackendConfig
 from align.config.rewards import RewardConfig
-from align.core.packages import installed
 
 
 class SampleConfig(Strict):
@@ -40,11 +39,8 @@ class SampleConfig(Strict):
                 f"tensor_parallel: {self.tensor_parallel} splits the model inside a vLLM engine, "
                 "but backend is hf (one device per worker); set backend: vllm or tensor_parallel: 1"
             )
-        if self.backend == "vllm" and not installed("vllm"):
-            raise ValueError(
-                "backend: 'vllm' needs the vllm package, which is not installed here; install "
-                "it on the GPU machine (pip install vllm) or use backend: hf"
-            )
+        if self.backend == "vllm":
+            check_vllm_installed("backend")
         return self
 
 
